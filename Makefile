@@ -1,0 +1,45 @@
+# The two commands a newcomer needs:
+#   make demo   installs what is missing, starts Kafka and a worker, plays the story
+#   make test   lint, type-check and the whole test suite (starts its own broker)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test unit integration lint install tools clean bench-smoke
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# docker-compose validates docker-compose.yml without a Docker engine (Debian's client only).
+tools:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends docker-compose >/dev/null) || echo "docker-compose not installed"; \
+	  else echo "docker-compose missing: the compose test will be skipped"; fi; }
+
+demo: install
+	$(BIN)/gatepass demo
+
+lint: install
+	$(BIN)/ruff check streams tests benchmarks
+	$(BIN)/mypy
+
+test: install tools lint
+	$(BIN)/python -m pytest
+
+unit: install
+	$(BIN)/python -m pytest tests/unit
+
+integration: install
+	$(BIN)/python -m pytest tests/integration
+
+clean:
+	-$(BIN)/gatepass kafka down
+	rm -rf .gatepass/brokers .gatepass/worker .gatepass/logs

@@ -1,0 +1,179 @@
+"""One function per `gatepass` command: parse nothing here, do the work, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from gatepass.cli.main import dumps
+from gatepass.config import Settings
+from gatepass.core import (
+    AgentRegistered,
+    AgentStatus,
+    AgentStatusChanged,
+    PrincipalStatus,
+    PrincipalStatusChanged,
+)
+from gatepass.errors import CredentialError
+
+__all__ = [
+    "cmd_agent_status",
+    "cmd_demo",
+    "cmd_intent",
+    "cmd_jwks",
+    "cmd_kafka",
+    "cmd_keys",
+    "cmd_principal",
+    "cmd_register_agent",
+    "cmd_tail",
+    "cmd_verify",
+    "cmd_worker",
+]
+
+
+def cmd_worker(ns: argparse.Namespace, settings: Settings) -> int:
+    from gatepass.worker.run import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def cmd_kafka(ns: argparse.Namespace, settings: Settings) -> int:
+    from gatepass.kafka_local import LocalKafka
+
+    broker = LocalKafka(home=settings.home, port=ns.port, controller_port=ns.controller_port)
+    if ns.action == "up":
+        status = broker.up()
+        print(f"kafka {status.version} running on {status.bootstrap} (pid {status.pid}); "
+              f"logs: {status.log_file}")
+    elif ns.action == "down":
+        stopped = broker.down()
+        print("kafka stopped" if stopped else "kafka was not running")
+    else:
+        status = broker.status()
+        state = f"running (pid {status.pid})" if status.running else "not running"
+        print(f"kafka {status.version} on {status.bootstrap}: {state}; logs: {status.log_file}")
+        return 0 if status.running else 1
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace, settings: Settings) -> int:
+    from gatepass.demo.scenario import run_demo
+
+    return run_demo(settings, keep_running=ns.keep_running)
+
+
+def _publish(settings: Settings, event: Any) -> None:
+    from gatepass.sdk import LifecyclePublisher
+    from gatepass.transport import ensure_topics
+
+    ensure_topics(settings)
+    LifecyclePublisher(bootstrap=settings.bootstrap,
+                       topic_prefix=settings.topic_prefix).publish(event)
+
+
+def cmd_register_agent(ns: argparse.Namespace, settings: Settings) -> int:
+    event = AgentRegistered(agent_id=ns.agent, owner=ns.owner, purpose=ns.purpose,
+                            department=ns.department, contact=ns.contact,
+                            created_by=ns.created_by, event_time=datetime.now(UTC),
+                            source="cli")
+    _publish(settings, event)
+    print(f"registered {ns.agent}: owner={ns.owner} purpose={ns.purpose}")
+    return 0
+
+
+def cmd_principal(ns: argparse.Namespace, settings: Settings) -> int:
+    _publish(settings, PrincipalStatusChanged(principal_id=ns.principal,
+                                              status=PrincipalStatus(ns.status),
+                                              event_time=datetime.now(UTC), source=ns.source))
+    print(f"principal {ns.principal}: {ns.status}")
+    return 0
+
+
+def cmd_agent_status(ns: argparse.Namespace, settings: Settings) -> int:
+    _publish(settings, AgentStatusChanged(agent_id=ns.agent, status=AgentStatus(ns.status),
+                                          event_time=datetime.now(UTC), source=ns.source))
+    print(f"agent {ns.agent}: {ns.status}")
+    return 0
+
+
+def verdict_json(v: Any) -> dict[str, Any]:
+    return {"intent_id": v.intent_id, "agent_id": v.agent_id, "decision": v.decision,
+            "reasons": list(v.reasons), "detail": v.detail, "credential": v.credential,
+            "credential_id": v.credential_id, "expires_at": v.expires_at,
+            "policy_version": v.policy_version, "decided_at": v.decided_at,
+            "latency_ms": None if v.latency_ms is None else round(v.latency_ms, 3)}
+
+
+def cmd_intent(ns: argparse.Namespace, settings: Settings) -> int:
+    from gatepass.sdk import GatepassClient
+
+    with GatepassClient.from_settings(settings, timeout=ns.timeout) as client:
+        verdict = client.authorize(ns.action, ns.resource, amount=ns.amount,
+                                   currency=ns.currency, audience=ns.audience,
+                                   agent_id=ns.agent, delegation_chain=ns.delegated_by)
+    if ns.json:
+        print(dumps(verdict_json(verdict)))
+    else:
+        print(f"{verdict.decision} {', '.join(verdict.reasons)}  intent {verdict.intent_id}")
+        if verdict.detail:
+            print(f"  {verdict.detail}")
+        if verdict.credential:
+            print(f"  pass {verdict.credential_id} expires "
+                  f"{verdict.expires_at:%Y-%m-%d %H:%M:%S}Z")
+            print(f"  {verdict.credential}")
+    return 0 if verdict.allowed else 1
+
+
+def cmd_jwks(ns: argparse.Namespace, settings: Settings) -> int:
+    from gatepass.credentials import KeyStore
+
+    print(dumps(KeyStore.open(settings.keystore_dir).jwks(now=datetime.now(UTC))))
+    return 0
+
+
+def cmd_keys(ns: argparse.Namespace, settings: Settings) -> int:
+    from gatepass.config import MAX_PASS_TTL
+    from gatepass.credentials import KeyStore
+
+    store = KeyStore.open(settings.keystore_dir)
+    now = datetime.now(UTC)
+    kid = store.rotate(now=now, grace=MAX_PASS_TTL + settings.intent_max_skew)
+    store.write_jwks(settings.jwks_file, now=now)
+    print(f"new signing key {kid}; retired keys stay published until their passes expire. "
+          "Restart workers to sign with it.")
+    return 0
+
+
+def cmd_verify(ns: argparse.Namespace, settings: Settings) -> int:
+    from gatepass.credentials import KeyStore, PassVerifier, load_jwks
+
+    if ns.jwks:
+        jwks = load_jwks(ns.jwks)
+    else:
+        jwks = KeyStore.open(settings.keystore_dir, create=False).jwks(now=datetime.now(UTC))
+    verifier = PassVerifier(jwks, audience=ns.audience, issuer=settings.issuer)
+    try:
+        verified = verifier.verify(ns.token, action=ns.action, resource=ns.resource,
+                                   amount=ns.amount, currency=ns.currency)
+    except CredentialError as exc:
+        print(f"invalid: {exc.code}: {exc}")
+        return 1
+    print(f"valid: pass {verified.credential_id} for {verified.agent_id} "
+          f"(owner {verified.owner}, intent {verified.intent_id}) "
+          f"expires {verified.expires_at:%Y-%m-%d %H:%M:%S}Z")
+    return 0
+
+
+def cmd_tail(ns: argparse.Namespace, settings: Settings) -> int:
+    from gatepass.cli.tail import tail
+
+    count = tail(settings, ns.topic, follow=ns.follow, limit=ns.max, as_json=ns.json,
+                 out=sys.stdout)
+    if not count and not ns.json:
+        print(f"(no records in {ns.topic})", file=sys.stderr)
+    return 0
+
+

@@ -1,0 +1,151 @@
+"""`gatepass` commands: run the worker and the local broker, feed identity, ask, verify, tail.
+
+Exit codes: 0 success (for `intent`: ALLOW; for `verify`: a valid pass), 1 a DENY or an
+invalid pass, 2 a usage, configuration or broker error (message on stderr with its code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from gatepass.config import Settings
+from gatepass.errors import GatepassError
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise argparse.ArgumentTypeError(f"not a decimal amount: {text!r}") from exc
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a finite amount: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatepass", description=(
+        "Runtime authorization for AI agents: every action checked when it happens."))
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (env GATEPASS_BOOTSTRAP)")
+    p.add_argument("--topic-prefix", help="topic name prefix (env GATEPASS_TOPIC_PREFIX)")
+    p.add_argument("--partitions", type=int, help="partitions per topic (GATEPASS_PARTITIONS)")
+    p.add_argument("--home", type=Path, help="state folder: keys, broker (GATEPASS_HOME)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    w = sub.add_parser("worker", help="run the stream processor")
+    w.add_argument("--web-port", type=int, help="HTTP port for JWKS and health")
+    w.add_argument("--app-id", help="consumer group / application id")
+    w.add_argument("--scope-file", type=Path, help="scope policy TOML")
+
+    k = sub.add_parser("kafka", help="the local single-node Kafka broker")
+    k.add_argument("action", choices=["up", "down", "status"])
+    k.add_argument("--port", type=int, default=9092)
+    k.add_argument("--controller-port", type=int, default=9093)
+
+    d = sub.add_parser("demo", help="play the procure-bot story end to end")
+    d.add_argument("--keep-running", action="store_true",
+                   help="leave the broker and worker running afterwards")
+
+    r = sub.add_parser("register-agent", help="register an agent and its owner")
+    r.add_argument("agent")
+    r.add_argument("--owner", required=True)
+    r.add_argument("--purpose", required=True)
+    r.add_argument("--department")
+    r.add_argument("--contact")
+    r.add_argument("--created-by")
+
+    pr = sub.add_parser("principal", help="set a principal's status (e.g. offboard someone)")
+    pr.add_argument("principal")
+    pr.add_argument("--status", required=True, choices=["active", "suspended", "offboarded"])
+    pr.add_argument("--source", default="cli")
+
+    a = sub.add_parser("agent-status", help="set an agent's status")
+    a.add_argument("agent")
+    a.add_argument("--status", required=True, choices=["active", "suspended", "decommissioned"])
+    a.add_argument("--source", default="cli")
+
+    i = sub.add_parser("intent", help="send one intent and print its verdict")
+    i.add_argument("--agent", required=True)
+    i.add_argument("--action", required=True)
+    i.add_argument("--resource", required=True)
+    i.add_argument("--amount", type=_decimal)
+    i.add_argument("--currency")
+    i.add_argument("--audience", required=True)
+    i.add_argument("--delegated-by", action="append", default=[], metavar="AGENT",
+                   help="an agent in the delegation chain (repeat, originator first)")
+    i.add_argument("--timeout", type=float, default=10.0)
+    i.add_argument("--json", action="store_true", help="one JSON object on one line")
+
+    sub.add_parser("jwks", help="print the public keys (JWKS) of the local key store")
+    kr = sub.add_parser("keys", help="manage the signing keys")
+    kr.add_argument("action", choices=["rotate"])
+
+    v = sub.add_parser("verify", help="verify a pass as a target system would")
+    v.add_argument("--audience", required=True)
+    v.add_argument("--action", required=True)
+    v.add_argument("--resource", required=True)
+    v.add_argument("--amount", type=_decimal)
+    v.add_argument("--currency")
+    v.add_argument("--jwks", help="JWKS file or URL (default: the local key store)")
+    v.add_argument("token")
+
+    t = sub.add_parser("tail", help="print records of a topic readably")
+    t.add_argument("topic", choices=["verdicts", "denials", "orphans", "audit", "dead-letter"])
+    t.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
+    t.add_argument("--max", type=int, default=0, help="stop after N records")
+    t.add_argument("--json", action="store_true", help="one JSON object per line")
+    return p
+
+
+def _settings(ns: argparse.Namespace) -> Settings:
+    return Settings.load(bootstrap=ns.bootstrap, topic_prefix=ns.topic_prefix,
+                         partitions=ns.partitions, home=ns.home,
+                         web_port=getattr(ns, "web_port", None),
+                         app_id=getattr(ns, "app_id", None),
+                         scope_file=getattr(ns, "scope_file", None))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gatepass.cli import commands
+
+    handler: Handler = getattr(commands, "cmd_" + ns.command.replace("-", "_"))
+    try:
+        return handler(ns, _settings(ns))
+    except GatepassError as exc:
+        print(f"gatepass: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def to_json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(to_json(value), separators=(",", ":"), sort_keys=False)

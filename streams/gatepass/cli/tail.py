@@ -1,0 +1,105 @@
+"""`gatepass tail`: read a topic from the beginning and print each record on one line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TextIO
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from gatepass.cli.main import dumps
+from gatepass.codec.avro import RecordCodec, schemas
+from gatepass.config import Settings
+from gatepass.errors import BrokerError, DecodeError
+
+__all__ = ["tail"]
+
+
+def _t(value: datetime | None) -> str:
+    return value.strftime("%H:%M:%S.%f")[:-3] if value else "-"
+
+
+def _amount(intent: dict[str, Any]) -> str:
+    return f" {intent['amount'].normalize():f} {intent['currency']}" \
+        if intent.get("amount") is not None else ""
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    cred = f" pass={r['credential_id']}" if r.get("credential_id") else ""
+    return (f"{_t(r['decided_at'])} {r['decision']:<5} {r['agent_id']} "
+            f"[{','.join(r['reasons'])}] intent={r['intent_id']}{cred}")
+
+
+def _decision(r: dict[str, Any]) -> str:
+    i = r["intent"]
+    return (f"{_t(r['decided_at'])} {r['decision']:<5} {i['agent_id']} {i['action']} "
+            f"{i['resource']}{_amount(i)} [{','.join(r['reasons'])}] {r['detail']}")
+
+
+def _orphan(r: dict[str, Any]) -> str:
+    return (f"{_t(r['detected_at'])} ORPHAN {r['agent_id']} owner={r['owner']} "
+            f"({r['owner_status'] or 'unknown'}) trigger={r['trigger']} purpose={r['purpose']}")
+
+
+def _dead(r: dict[str, Any]) -> str:
+    return (f"{_t(r['received_at'])} DEAD-LETTER {r['source_topic']}[{r['source_partition']}]"
+            f"@{r['source_offset']} {r['error_code']}: {r['error']}")
+
+
+def _views(settings: Settings) -> dict[str, tuple[str, RecordCodec, Callable[..., str]]]:
+    t, s = settings.topics, schemas()
+    return {"verdicts": (t.verdicts, s.verdict, _verdict),
+            "denials": (t.denials, s.decision_record, _decision),
+            "audit": (t.audit, s.decision_record, _decision),
+            "orphans": (t.orphans, s.orphan_alert, _orphan),
+            "dead-letter": (t.dead_letter, s.dead_letter, _dead)}
+
+
+def tail(settings: Settings, which: str, *, follow: bool, limit: int, as_json: bool,
+         out: TextIO, idle_timeout: float = 1.0) -> int:
+    topic, codec, fmt = _views(settings)[which]
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "gatepass-tail",
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise BrokerError(f"topic {topic} does not exist")
+        ends: dict[int, int] = {}
+        tps = []
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            ends[p] = high
+            tps.append(TopicPartition(topic, p, low))
+        consumer.assign(tps)
+        count = 0
+        done = {p for p, end in ends.items() if end == 0}
+        while follow or len(done) < len(ends):
+            msg = consumer.poll(idle_timeout)
+            if msg is None:
+                continue
+            if msg.error():
+                continue
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            if offset + 1 >= ends.get(partition, 0):
+                done.add(partition)
+            try:
+                rec = codec.decode(msg.value())
+            except DecodeError as exc:
+                out.write(f"(undecodable record at {topic}[{msg.partition()}]@{msg.offset()}: "
+                          f"{exc.code})\n")
+                continue
+            if as_json:
+                rec.pop("credential", None)  # a bearer pass is not for terminals and logs
+                out.write(dumps(rec) + "\n")
+            else:
+                out.write(fmt(rec) + "\n")
+            out.flush()
+            count += 1
+            if limit and count >= limit:
+                break
+        return count
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read {topic}: {exc}") from exc
+    finally:
+        consumer.close()

@@ -1,0 +1,137 @@
+"""Avro for every topic payload: one schema per record type, single-object encoding.
+
+Each payload is the Avro single-object encoding (spec 1.12): the marker C3 01, the 8-byte
+CRC-64-AVRO fingerprint of the writer's schema, then the binary body. A reader accepts the
+current schema and every earlier version kept under schemas/history/, resolving writer to
+reader by Avro's rules, so producers and workers can be upgraded one at a time (readers
+first when a schema changes). Schemas are parsed once; codecs are built once per type.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from gatepass.errors import DecodeError, RecordInvalidError, UnknownSchemaError
+
+__all__ = ["MARKER", "RecordCodec", "SchemaSet", "schema_dir", "schemas"]
+
+MARKER = b"\xc3\x01"
+_HEADER = len(MARKER) + 8
+# Load order: a schema may refer to named types defined by the ones before it.
+_FILES = ("intent", "lifecycle", "verdict", "orphan_alert", "decision_record", "orphan_check",
+          "dead_letter", "public_key")
+
+
+def schema_dir() -> Path:
+    """schemas/ of this checkout, or GATEPASS_SCHEMAS_DIR for an installed package."""
+    env = os.environ.get("GATEPASS_SCHEMAS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "schemas"
+
+
+def _fingerprint(parsed: Any) -> bytes:
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+class RecordCodec:
+    """Encode/decode one record type; errors surface as DecodeError subclasses."""
+
+    __slots__ = ("_header", "_readers", "_schema", "name")
+
+    def __init__(self, name: str, schema: Any, history: list[Any]) -> None:
+        self.name = name
+        self._schema = schema
+        self._header = MARKER + _fingerprint(schema)
+        # writer fingerprint -> writer schema (None: the current schema, no resolution needed)
+        self._readers: dict[bytes, Any] = {self._header[2:]: None}
+        for old in history:
+            self._readers.setdefault(_fingerprint(old), old)
+
+    @property
+    def schema(self) -> Any:
+        return self._schema
+
+    @property
+    def fingerprint(self) -> bytes:
+        return self._header[2:]
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._header)
+        try:
+            fastavro.schemaless_writer(buf, self._schema, record)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise RecordInvalidError(f"{self.name}: cannot encode: {exc}") from exc
+        return buf.getvalue()
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        if not data:
+            raise RecordInvalidError(f"{self.name}: empty payload")
+        if len(data) < _HEADER or data[:2] != MARKER:
+            raise DecodeError(f"{self.name}: not Avro single-object encoding (bad marker)")
+        fp = bytes(data[2:_HEADER])
+        if fp not in self._readers:
+            raise UnknownSchemaError(f"{self.name}: unknown writer schema fingerprint {fp.hex()}")
+        writer = self._readers[fp]
+        buf = io.BytesIO(data)
+        buf.seek(_HEADER)
+        try:
+            if writer is None:
+                record = fastavro.schemaless_reader(buf, self._schema, None)
+            else:
+                record = fastavro.schemaless_reader(buf, writer, self._schema)
+        except Exception as exc:  # fastavro raises many types on garbage input
+            raise RecordInvalidError(f"{self.name}: body does not match its schema: "
+                                     f"{type(exc).__name__}") from exc
+        if buf.tell() != len(data):
+            raise RecordInvalidError(f"{self.name}: {len(data) - buf.tell()} trailing bytes")
+        if not isinstance(record, dict):
+            raise RecordInvalidError(f"{self.name}: not a record")
+        return record
+
+
+@dataclass(frozen=True)
+class SchemaSet:
+    """The codecs of every record type, built from one schema folder."""
+
+    intent: RecordCodec
+    lifecycle: RecordCodec
+    verdict: RecordCodec
+    orphan_alert: RecordCodec
+    decision_record: RecordCodec
+    orphan_check: RecordCodec
+    dead_letter: RecordCodec
+    public_key: RecordCodec
+
+    @classmethod
+    def load(cls, folder: Path) -> SchemaSet:
+        named: dict[str, Any] = {}
+        codecs: dict[str, RecordCodec] = {}
+        for stem in _FILES:
+            raw = json.loads((folder / f"{stem}.avsc").read_text())
+            parse_schema(raw, named)  # registers named types for the files that follow
+            expanded = parse_schema(raw, dict(named), expand=True, _write_hint=False)
+            history = []
+            for old_file in sorted((folder / "history").glob(f"{stem}.v*.avsc")):
+                old_named: dict[str, Any] = dict(named)
+                history.append(parse_schema(json.loads(old_file.read_text()), old_named,
+                                            expand=True, _write_hint=False, _force=True))
+            codecs[stem] = RecordCodec(raw["name"], expanded, history)
+        return cls(**codecs)
+
+
+@cache
+def schemas() -> SchemaSet:
+    """The process-wide schema set (parsed once)."""
+    return SchemaSet.load(schema_dir())

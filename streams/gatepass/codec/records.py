@@ -1,0 +1,124 @@
+"""Conversions between topic records (Avro dicts) and the core's domain objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from gatepass.core import (
+    AgentRegistered,
+    AgentStatus,
+    AgentStatusChanged,
+    IdentityFacts,
+    Intent,
+    LifecycleEvent,
+    PrincipalStatus,
+    PrincipalStatusChanged,
+)
+from gatepass.errors import RecordInvalidError
+
+__all__ = [
+    "AMOUNT_QUANTUM",
+    "facts_from_record",
+    "facts_to_record",
+    "intent_from_record",
+    "intent_to_record",
+    "lifecycle_from_record",
+    "lifecycle_to_record",
+]
+
+AMOUNT_QUANTUM = Decimal("0.0001")  # the schema's decimal scale
+
+
+def intent_to_record(intent: Intent) -> dict[str, Any]:
+    amount = intent.amount
+    if amount is not None and amount.is_finite():
+        amount = amount.quantize(AMOUNT_QUANTUM)
+    return {
+        "intent_id": intent.intent_id, "agent_id": intent.agent_id, "action": intent.action,
+        "resource": intent.resource, "audience": intent.audience, "amount": amount,
+        "currency": intent.currency, "context": dict(intent.context),
+        "requested_at": intent.requested_at,
+        "delegation_chain": list(intent.delegation_chain),
+    }
+
+
+def intent_from_record(rec: Mapping[str, Any]) -> Intent:
+    amount = rec.get("amount")
+    if amount is not None:
+        # Decoded decimals carry the schema scale (120.0000); keep the value, drop the padding
+        # so reasons and passes show what the agent asked for.
+        amount = _normalize(amount)
+    return Intent(
+        intent_id=rec["intent_id"], agent_id=rec["agent_id"], action=rec["action"],
+        resource=rec["resource"], audience=rec["audience"], amount=amount,
+        currency=rec.get("currency"), context=rec.get("context") or {},
+        requested_at=rec["requested_at"],
+        delegation_chain=tuple(rec.get("delegation_chain") or ()))
+
+
+def _normalize(amount: Decimal) -> Decimal:
+    if not amount.is_finite():
+        return amount
+    q = amount.quantize(Decimal("0.01")) if amount == amount.quantize(Decimal("0.01")) \
+        else amount.normalize()
+    return q
+
+
+def lifecycle_to_record(event: LifecycleEvent) -> dict[str, Any]:
+    body: tuple[str, dict[str, Any]]
+    if isinstance(event, AgentRegistered):
+        body = ("dev.gatepass.v1.AgentRegistered", {
+            "agent_id": event.agent_id, "owner": event.owner, "purpose": event.purpose,
+            "department": event.department, "contact": event.contact,
+            "created_by": event.created_by})
+    elif isinstance(event, AgentStatusChanged):
+        body = ("dev.gatepass.v1.AgentStatusChanged",
+                {"agent_id": event.agent_id, "status": event.status.value})
+    else:
+        body = ("dev.gatepass.v1.PrincipalStatusChanged",
+                {"principal_id": event.principal_id, "status": event.status.value})
+    return {"event_time": event.event_time, "source": event.source,
+            "source_event_id": event.source_event_id, "event": body}
+
+
+def lifecycle_from_record(rec: Mapping[str, Any]) -> LifecycleEvent:
+    body = rec["event"]
+    common = {"event_time": rec["event_time"], "source": rec["source"],
+              "source_event_id": rec.get("source_event_id", "")}
+    # fastavro returns a plain dict for unions of records; tell them apart by their fields.
+    if "principal_id" in body:
+        return PrincipalStatusChanged(principal_id=body["principal_id"],
+                                      status=PrincipalStatus(body["status"]), **common)
+    if "owner" in body:
+        return AgentRegistered(agent_id=body["agent_id"], owner=body["owner"],
+                               purpose=body["purpose"], department=body.get("department"),
+                               contact=body.get("contact"), created_by=body.get("created_by"),
+                               **common)
+    if "status" in body:
+        return AgentStatusChanged(agent_id=body["agent_id"], status=AgentStatus(body["status"]),
+                                  **common)
+    raise RecordInvalidError("LifecycleEvent: unknown event body")
+
+
+def facts_to_record(facts: IdentityFacts) -> dict[str, Any]:
+    return {
+        "state_ready": facts.state_ready, "agent_registered": facts.agent_registered,
+        "agent_status": facts.agent_status, "agent_status_at": facts.agent_status_at,
+        "owner": facts.owner, "owner_status": facts.owner_status,
+        "owner_status_at": facts.owner_status_at, "purpose": facts.purpose,
+        "department": facts.department,
+    }
+
+
+def facts_from_record(rec: Mapping[str, Any]) -> IdentityFacts:
+    return IdentityFacts(**{k: rec.get(k) for k in (
+        "agent_status", "agent_status_at", "owner", "owner_status", "owner_status_at",
+        "purpose", "department")}, state_ready=bool(rec.get("state_ready")),
+        agent_registered=bool(rec.get("agent_registered")))
+
+
+def as_datetime(value: datetime | None) -> datetime | None:
+    return value

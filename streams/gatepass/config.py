@@ -1,0 +1,194 @@
+"""Settings for every Gatepass process, parsed once at the edge (environment, then flags).
+
+A bad value fails at start-up with the key's name (ConfigError.key), never later.
+Environment keys are the field names upper-cased with a GATEPASS_ prefix, e.g.
+GATEPASS_BOOTSTRAP, GATEPASS_TOPIC_PREFIX, GATEPASS_PASS_TTL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from gatepass.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "DEFAULT_PASS_TTL",
+    "MAX_PASS_TTL",
+    "Settings",
+    "TopicNames",
+]
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_TOPIC_PREFIX = "gatepass."
+DEFAULT_PARTITIONS = 4
+DEFAULT_PASS_TTL = timedelta(minutes=5)
+MAX_PASS_TTL = timedelta(hours=1)  # hard limit: no configuration may exceed it
+DEFAULT_INTENT_MAX_AGE = timedelta(minutes=2)
+DEFAULT_INTENT_MAX_SKEW = timedelta(seconds=30)
+DEFAULT_WEB_PORT = 6066
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Every topic Gatepass reads or writes, derived from one prefix."""
+
+    prefix: str
+
+    @property
+    def intents(self) -> str:
+        return f"{self.prefix}intents"
+
+    @property
+    def identity(self) -> str:
+        return f"{self.prefix}identity"
+
+    @property
+    def verdicts(self) -> str:
+        return f"{self.prefix}verdicts"
+
+    @property
+    def denials(self) -> str:
+        return f"{self.prefix}denials"
+
+    @property
+    def orphans(self) -> str:
+        return f"{self.prefix}orphan-alerts"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}dead-letter"
+
+    @property
+    def keys(self) -> str:
+        return f"{self.prefix}keys"
+
+    @property
+    def orphan_checks(self) -> str:
+        return f"{self.prefix}orphan-checks"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """One frozen view of the configuration; build it with `Settings.load()`."""
+
+    bootstrap: str = DEFAULT_BOOTSTRAP
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    partitions: int = DEFAULT_PARTITIONS
+    replication: int = 1
+    home: Path = Path(".gatepass")
+    app_id: str = "gatepass-worker"
+    web_host: str = "127.0.0.1"
+    web_port: int = DEFAULT_WEB_PORT
+    issuer: str = "gatepass"
+    pass_ttl: timedelta = DEFAULT_PASS_TTL
+    intent_max_age: timedelta = DEFAULT_INTENT_MAX_AGE
+    intent_max_skew: timedelta = DEFAULT_INTENT_MAX_SKEW
+    scope_file: Path | None = None
+    log_level: str = "info"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap.strip():
+            raise ConfigError("bootstrap", "must name at least one host:port")
+        if not _PREFIX_RE.match(self.topic_prefix):
+            raise ConfigError("topic_prefix", "only letters, digits, '.', '_' and '-' allowed")
+        if not 1 <= self.partitions <= 1024:
+            raise ConfigError("partitions", "must be between 1 and 1024")
+        if not 1 <= self.replication <= 32:
+            raise ConfigError("replication", "must be between 1 and 32")
+        if not 1 <= self.web_port <= 65535:
+            raise ConfigError("web_port", "must be a TCP port")
+        if not timedelta(0) < self.pass_ttl <= MAX_PASS_TTL:
+            raise ConfigError("pass_ttl", f"must be > 0 and at most {MAX_PASS_TTL}")
+        if self.intent_max_age <= timedelta(0):
+            raise ConfigError("intent_max_age", "must be positive")
+        if self.intent_max_skew < timedelta(0):
+            raise ConfigError("intent_max_skew", "must not be negative")
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.topic_prefix)
+
+    @property
+    def keystore_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def jwks_file(self) -> Path:
+        return self.home / "jwks.json"
+
+    @property
+    def dedupe_horizon(self) -> timedelta:
+        """How long a decided intent id is remembered.
+
+        Past it a redelivered intent is necessarily stale (older than intent_max_age plus
+        skew) and any pass issued for it has expired, so forgetting it cannot turn a DENY
+        into an ALLOW.
+        """
+        return self.pass_ttl + self.intent_max_age + self.intent_max_skew + timedelta(minutes=5)
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `Settings.load()` in a child process equal this one."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value is None:
+                continue
+            (key, kind), = _env_keys(f.name)
+            env[key] = str(value.total_seconds()) if kind == "seconds" else str(value)
+        return env
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Environment first, then explicit overrides (from CLI flags); None means unset."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            for env_key, convert in _env_keys(f.name):
+                raw = env.get(env_key)
+                if raw is not None and raw != "":
+                    values[f.name] = _convert(f.name, raw, convert)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _env_keys(name: str) -> list[tuple[str, str]]:
+    if name in {"pass_ttl", "intent_max_age", "intent_max_skew"}:
+        return [(f"GATEPASS_{name.upper()}_SECONDS", "seconds")]
+    kinds = {"partitions": "int", "replication": "int", "web_port": "int",
+             "home": "path", "scope_file": "path"}
+    return [(f"GATEPASS_{name.upper()}", kinds.get(name, "str"))]
+
+
+def _convert(key: str, raw: str, kind: str) -> Any:
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "seconds":
+            return timedelta(seconds=float(raw))
+        if kind == "path":
+            return Path(raw)
+    except ValueError as exc:
+        raise ConfigError(key, f"not a valid {kind}: {raw!r}") from exc
+    return raw

@@ -1,0 +1,132 @@
+"""Small JOSE helpers (and a clock guard) shared by the key store, issuer and verifier.
+
+Strict on input (unpadded canonical base64url, JSON without duplicate members) and
+canonical on output, so the same inputs always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "KID_PATTERN",
+    "b64url_decode",
+    "b64url_encode",
+    "canonical_json",
+    "decimal_string",
+    "ed25519_thumbprint",
+    "loads_strict",
+    "require_aware",
+    "scope_hash",
+]
+
+# A kid is an RFC 7638 thumbprint for our keys; anything else (dots, slashes, spaces)
+# is refused so that no kid can ever be used as a path or a query fragment.
+KID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url (RFC 7515 section 2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode unpadded base64url, refusing padding, foreign characters and non-canonical forms.
+
+    Non-canonical encodings (stray low bits in the last character) are refused so a token
+    has exactly one spelling: otherwise an attacker could mint "different" tokens from one.
+    """
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url_encode(data) != text:
+        raise ValueError("non-canonical base64url")
+    return data
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            # Parsers disagree on which duplicate wins; refusing is the only safe reading.
+            raise ValueError(f"duplicate member {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_strict(data: bytes) -> Any:
+    """Parse UTF-8 JSON, refusing duplicate member names and NaN/Infinity; errors are ValueError."""
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+        )
+    except RecursionError:  # "[[[[..." deep enough to exhaust the parser's stack
+        raise ValueError("JSON nested too deeply") from None
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: one byte string per value."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def decimal_string(value: Decimal) -> str:
+    """Plain decimal notation without trailing zeros: 120, 120.00 and 1.2E+2 all give "120".
+
+    Formatting with "f" is exact (no context precision), unlike Decimal.normalize().
+    """
+    if not isinstance(value, Decimal):
+        raise TypeError(f"amount must be a Decimal, not {type(value).__name__}")
+    if not value.is_finite():
+        raise ValueError("amount must be finite")
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def scope_hash(action: str, resource: str, amount: Decimal | None, currency: str | None) -> str:
+    """The pass's `scope` claim: base64url SHA-256 of the canonical JSON of what it allows.
+
+    Amounts are compared as numbers (Decimal("120") and Decimal("120.00") hash the same);
+    currencies are case-insensitive (upper-cased).
+    """
+    if not isinstance(action, str) or not isinstance(resource, str):
+        raise TypeError("action and resource must be str")
+    if currency is not None and not isinstance(currency, str):
+        raise TypeError("currency must be a str or None")
+    scope = {
+        "action": action,
+        "resource": resource,
+        "amount": None if amount is None else decimal_string(amount),
+        "currency": None if currency is None else currency.upper(),
+    }
+    return b64url_encode(hashlib.sha256(canonical_json(scope)).digest())
+
+
+def ed25519_thumbprint(x: bytes) -> str:
+    """RFC 7638 JWK thumbprint of an Ed25519 public key (RFC 8037 section 2)."""
+    members = {"crv": "Ed25519", "kty": "OKP", "x": b64url_encode(x)}
+    return b64url_encode(hashlib.sha256(canonical_json(members)).digest())
+
+
+def require_aware(value: datetime, name: str) -> datetime:
+    """Refuse naive datetimes: a pass's times must not depend on the host's time zone."""
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+    return value

@@ -1,0 +1,1 @@
+"""The procure-bot story (`gatepass demo`) and the demo target system it calls."""

@@ -1,0 +1,211 @@
+"""`gatepass demo`: the procure-bot story on a real broker, printed as a timeline.
+
+Sarah registers procure-bot (purpose procurement). It orders $120 of supplies: ALLOW, and
+the procurement API accepts the pass once and rejects its replay. It tries to provision
+cloud infrastructure: DENY out_of_scope. Sarah is offboarded: an orphan alert for
+procure-bot reaches the SOC topic. Its next order: DENY owner_inactive.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from gatepass.codec.avro import schemas
+from gatepass.config import Settings
+from gatepass.core import AgentRegistered, PrincipalStatus, PrincipalStatusChanged
+from gatepass.credentials import load_jwks
+from gatepass.demo.procurement_api import AUDIENCE, ProcurementApi
+from gatepass.sdk import GatepassClient, LifecyclePublisher, Verdict
+from gatepass.transport import ensure_topics
+from gatepass.worker.process import WorkerProcess
+
+__all__ = ["run_demo"]
+
+AGENT, OWNER = "procure-bot", "sarah"
+_PROPAGATION_S = 1.0  # identity changes reach every worker's view well within this
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def say(self, what: str) -> None:
+        print(f"\n[{time.perf_counter() - self.t0:7.3f}s] {what}", flush=True)
+
+    def result(self, text: str) -> None:
+        print(f"           -> {text}", flush=True)
+
+    def verdict(self, v: Verdict) -> None:
+        latency = f"{v.latency_ms:.1f} ms" if v.latency_ms is not None else "-"
+        self.result(f"{v.decision} [{', '.join(v.reasons)}] in {latency}"
+                    + (f"  pass {v.credential_id}" if v.credential_id else ""))
+        if v.detail:
+            self.result(v.detail)
+
+
+def _broker_answers(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _post(url: str, token: str | None, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(  # noqa: S310 - our own http URL
+        f"{url}/purchase-orders", data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+class _OrphanWatch:
+    """Listens on the orphan-alerts topic from its current end."""
+
+    def __init__(self, settings: Settings) -> None:
+        topic = settings.topics.orphans
+        self._codec = schemas().orphan_alert
+        self._consumer = Consumer({"bootstrap.servers": settings.bootstrap,
+                                   "group.id": "gatepass-demo", "enable.auto.commit": False})
+        meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
+        tps = []
+        for p in meta.partitions:
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            tps.append(TopicPartition(topic, p, high))
+        self._consumer.assign(tps)
+
+    def wait_for(self, agent: str, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self._consumer.poll(0.05)
+            if msg is None or msg.error():
+                continue
+            alert = self._codec.decode(msg.value())
+            if alert["agent_id"] == agent:
+                return alert
+        return None
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
+    tl = Timeline()
+    broker = None
+    tl.say(f"Kafka at {settings.bootstrap}")
+    if not _broker_answers(settings.bootstrap):
+        from gatepass.kafka_local import LocalKafka
+
+        host, _, port = settings.bootstrap.partition(":")
+        if host not in {"127.0.0.1", "localhost"}:
+            print(f"gatepass: no broker answers at {settings.bootstrap}")
+            return 2
+        broker = LocalKafka(home=settings.home, port=int(port or 9092),
+                            controller_port=int(port or 9092) + 1)
+        status = broker.up()
+        tl.result(f"started local Kafka {status.version} (pid {status.pid}); "
+                  f"logs in {status.log_file}")
+    else:
+        tl.result("a broker is already running; using it")
+    ensure_topics(settings)
+
+    worker = WorkerProcess(settings, log_file=settings.home / "logs" / "worker.log")
+    api: ProcurementApi | None = None
+    watch: _OrphanWatch | None = None
+    try:
+        tl.say("starting the Gatepass worker")
+        worker.start()
+        state = worker.wait_ready()
+        tl.result(f"ready: {state['identities']} identities loaded, policy "
+                  f"{state['policy_version']}; logs in {worker.log_file}")
+
+        jwks_url = f"{settings.web_url}/.well-known/jwks.json"
+        api = ProcurementApi(lambda: load_jwks(jwks_url), issuer=settings.issuer).start()
+        tl.say(f"procurement API (a target system) at {api.url}, trusting {jwks_url}")
+
+        publisher = LifecyclePublisher(bootstrap=settings.bootstrap,
+                                       topic_prefix=settings.topic_prefix)
+        now = datetime.now(UTC)
+        tl.say(f"HR: {OWNER} is an active employee; she registers {AGENT} "
+               "(purpose procurement, purchase orders up to $10,000)")
+        publisher.publish(
+            PrincipalStatusChanged(principal_id=OWNER, status=PrincipalStatus.ACTIVE,
+                                   event_time=now, source="hr-demo"),
+            AgentRegistered(agent_id=AGENT, owner=OWNER, purpose="procurement",
+                            department="finance", contact=f"{OWNER}@example.com",
+                            created_by=OWNER, event_time=now, source="idp-demo"))
+        time.sleep(_PROPAGATION_S)
+
+        with GatepassClient.from_settings(settings, agent_id=AGENT, audience=AUDIENCE) as gp:
+            order = {"vendor": "ACME", "amount": "120.00", "currency": "USD"}
+            tl.say(f"{AGENT} asks: purchase_order.create vendor:ACME $120.00")
+            allowed = gp.authorize("purchase_order.create", "vendor:ACME",
+                                   amount=Decimal("120.00"), currency="USD")
+            tl.verdict(allowed)
+
+            tl.say("procurement API receives the order with the pass")
+            t = time.perf_counter()
+            code, body = _post(api.url, allowed.credential, order)
+            tl.result(f"HTTP {code} {body.get('order_id') or body.get('error')} "
+                      f"(verified offline in {(time.perf_counter() - t) * 1000:.1f} ms)")
+
+            tl.say("the same pass is presented again")
+            code, body = _post(api.url, allowed.credential, order)
+            tl.result(f"HTTP {code} {body.get('error')}: {body.get('message', '')}")
+
+            tl.say(f"{AGENT} asks: cloud.provision gpu-cluster")
+            tl.verdict(gp.authorize("cloud.provision", "gpu-cluster"))
+
+            watch = _OrphanWatch(settings)
+            tl.say(f"HR: {OWNER} leaves the company (offboarded)")
+            t = time.perf_counter()
+            publisher.publish(PrincipalStatusChanged(
+                principal_id=OWNER, status=PrincipalStatus.OFFBOARDED,
+                event_time=datetime.now(UTC), source="hr-demo"))
+            alert = watch.wait_for(AGENT, timeout=15)
+            if alert:
+                tl.result(f"ORPHAN ALERT {alert['agent_id']}: owner {alert['owner']} is "
+                          f"{alert['owner_status']} (trigger {alert['trigger']}), "
+                          f"{(time.perf_counter() - t) * 1000:.0f} ms after the HR event")
+            else:
+                tl.result("no orphan alert within 15 s (see the worker log)")
+
+            tl.say(f"{AGENT} asks again: purchase_order.create vendor:ACME $120.00")
+            denied = gp.authorize("purchase_order.create", "vendor:ACME",
+                                  amount=Decimal("120.00"), currency="USD")
+            tl.verdict(denied)
+
+        ok = (allowed.allowed and denied.decision == "DENY"
+              and "owner_inactive" in denied.reasons and alert is not None)
+        tl.say("done. " + ("Every step behaved as expected." if ok else "UNEXPECTED RESULT."))
+        print("\nSee every record: gatepass tail audit | denials | orphans | verdicts")
+        return 0 if ok else 1
+    finally:
+        if watch:
+            watch.close()
+        if api:
+            api.stop()
+        if not keep_running:
+            worker.stop()
+            if broker is not None:
+                broker.down()
+        else:
+            print(f"\nworker and broker left running: web {settings.web_url}, "
+                  f"stop with `gatepass kafka down` and kill {worker.proc and worker.proc.pid}")
+
+

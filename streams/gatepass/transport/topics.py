@@ -1,0 +1,81 @@
+"""Topic layout: every topic's partitions and configs, created at start-up and checked.
+
+Topics are created explicitly (the broker's auto-create is off) so each has the right
+cleanup policy. An existing topic with another partition count than configured would break
+co-partitioning, so start-up refuses it with a clear error instead of deciding wrongly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from gatepass.config import Settings
+from gatepass.errors import BrokerError, ConfigError
+
+__all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
+
+_DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+    copartitioned: bool  # must have exactly settings.partitions partitions
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    t, n = settings.topics, settings.partitions
+    compact = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+               "segment.ms": str(_DAY_MS)}
+    return [
+        TopicSpec(t.intents, n, {"retention.ms": str(7 * _DAY_MS)}, True),
+        TopicSpec(t.verdicts, n, {"retention.ms": str(_DAY_MS)}, True),
+        TopicSpec(t.orphan_checks, n, {"retention.ms": str(_DAY_MS)}, True),
+        TopicSpec(t.audit, n, {"retention.ms": str(90 * _DAY_MS)}, True),
+        TopicSpec(t.denials, n, {"retention.ms": str(30 * _DAY_MS)}, False),
+        TopicSpec(t.orphans, n, {"retention.ms": str(30 * _DAY_MS)}, False),
+        TopicSpec(t.identity, n, compact, False),
+        TopicSpec(t.dead_letter, 1, {"retention.ms": str(14 * _DAY_MS)}, False),
+        TopicSpec(t.keys, 1, compact, False),
+    ]
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap, "socket.timeout.ms": 10000})
+
+
+def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
+    """Create missing topics; return the names created. Raises on a layout mismatch."""
+    admin = admin_client(settings)
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+    specs = topic_specs(settings)
+    for spec in specs:
+        meta = existing.get(spec.name)
+        if meta is not None and spec.copartitioned and len(meta.partitions) != spec.partitions:
+            raise ConfigError("partitions", (
+                f"topic {spec.name} has {len(meta.partitions)} partitions but "
+                f"{spec.partitions} are configured; co-partitioned topics must match"))
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication,
+                  config=s.config) for s in missing], operation_timeout=timeout)
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args and getattr(exc.args[0], "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
+                continue  # another worker won the race
+            raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+    return created

@@ -1,0 +1,192 @@
+"""The faust application: three thin agents around the pipeline, plus JWKS and health pages.
+
+    intents        --decide_intents-->      verdicts, audit, denials, orphan-checks
+    identity       --fan_out_lifecycle-->   orphan-checks      (owner offboarded -> agents)
+    orphan-checks  --raise_orphan_alerts--> orphan-alerts      (one per agent per episode)
+
+Each agent is a loop: read, call the pipeline, send what it returns. Produce calls are not
+awaited for acknowledgement one by one; faust flushes the producer before it commits offsets,
+so a crash re-delivers anything not yet written (at least once), and the `decided` table
+turns a re-delivery into the same verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from gatepass.codec.avro import SchemaSet, schemas
+from gatepass.config import Settings
+from gatepass.core import IdentityState, ScopePolicy
+from gatepass.credentials import KeyStore, PassIssuer
+from gatepass.transport import partition_for
+from gatepass.worker.identity_loader import IdentityLoader
+from gatepass.worker.keys import publish_public_keys
+from gatepass.worker.pipeline import Outgoing, Pipeline
+from gatepass.worker.policy import load_scope_policy
+
+__all__ = ["Runtime", "create_app"]
+
+log = logging.getLogger("gatepass.worker")
+
+
+class _BytesKeyed(Mapping[str, bytes]):
+    """A str-keyed read view of a faust table whose keys are raw bytes (as after recovery)."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        value = self._table.get(key.encode())
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._table.get(key.encode())
+        return default if value is None else value
+
+    def __iter__(self) -> Any:
+        return (k.decode() for k in self._table.keys())
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+class Runtime:
+    """Everything prepared once per worker: schemas, policy, keys, identity view, pipeline."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.schemas: SchemaSet = schemas()
+        self.policy: ScopePolicy = load_scope_policy(settings.scope_file)
+        self.keystore = KeyStore.open(settings.keystore_dir)
+        self.issuer = PassIssuer(self.keystore, issuer=settings.issuer, ttl=settings.pass_ttl)
+        self.identity = IdentityState()
+        self.loader = IdentityLoader(settings, self.schemas, self.identity)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.pipeline = Pipeline(settings=settings, schemas=self.schemas, policy=self.policy,
+                                 issuer=self.issuer, identity=self.identity,
+                                 ready=lambda: self.loader.ready, worker=self.name)
+        self.decisions = 0
+        self.duplicates = 0
+        self.dead_letters = 0
+
+
+def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
+    rt = Runtime(settings)
+    t = settings.topics
+    app = faust.App(
+        settings.app_id,
+        broker=",".join(f"kafka://{h}" for h in settings.bootstrap.split(",")),
+        store="memory://",  # tables are rebuilt from their changelog topics on start
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        producer_linger_ms=2,
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        datadir=str(settings.home / "worker" / settings.app_id),
+        autodiscover=False,
+        table_standby_replicas=0,
+    )
+    def raw_topic(name: str) -> Any:
+        return app.topic(name, partitions=settings.partitions, key_type=bytes,
+                         value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    intents, identity = raw_topic(t.intents), raw_topic(t.identity)
+    orphan_checks = raw_topic(t.orphan_checks)
+    # intent id -> DecisionRecord of its verdict; agent id -> last OrphanAlert (raw Avro)
+    decided = app.Table("decided", default=None, partitions=settings.partitions,
+                        key_type=bytes, value_type=bytes)
+    alerted = app.Table("alerted", default=None, partitions=settings.partitions,
+                        key_type=bytes, value_type=bytes)
+    decided_view, alerted_view = _BytesKeyed(decided), _BytesKeyed(alerted)
+
+    async def send(records: list[Outgoing]) -> None:
+        for r in records:
+            partition = r.partition
+            if partition is None and r.key is not None and r.topic == t.orphan_checks:
+                partition = partition_for(r.key, settings.partitions)
+            await app.producer.send(r.topic, r.key, r.value, partition, None, None)
+
+    @app.agent(intents)
+    async def decide_intents(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            out = rt.pipeline.on_intent(msg.key, msg.value, partition=msg.partition,
+                                        offset=msg.offset, memo=decided_view)
+            if out.remember is not None:
+                decided[out.remember[0].encode()] = out.remember[1]
+            await send(out.records)
+            rt.decisions += 1
+            rt.duplicates += out.duplicate
+            rt.dead_letters += out.intent_id is None
+
+    @app.agent(identity)
+    async def fan_out_lifecycle(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            await rt.loader.wait_applied(msg.partition, msg.offset)
+            records = rt.pipeline.on_lifecycle(msg.key, msg.value, partition=msg.partition,
+                                               offset=msg.offset)
+            await send(records)
+
+    @app.agent(orphan_checks)
+    async def raise_orphan_alerts(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            await rt.loader.wait_ready()
+            records, remember = rt.pipeline.on_orphan_check(
+                msg.key, msg.value, partition=msg.partition, offset=msg.offset,
+                memo=alerted_view)
+            if remember is not None:
+                alerted[remember[0].encode()] = remember[1]
+            await send(records)
+
+    @app.task
+    async def load_identity() -> None:
+        await rt.loader.run()
+
+    @app.task
+    async def publish_keys() -> None:
+        now = datetime.now(UTC)
+        rt.keystore.write_jwks(settings.jwks_file, now=now)
+        await asyncio.get_running_loop().run_in_executor(
+            None, publish_public_keys, settings, rt.schemas, rt.keystore, now)
+
+    @app.page("/.well-known/jwks.json")
+    async def jwks(web: Any, request: Any) -> Any:
+        return web.json(rt.keystore.jwks(now=datetime.now(UTC)))
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "alive", "worker": rt.name})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        # Ready = identity loaded and this worker owns partitions (it is deciding).
+        assigned = len(app.consumer.assignment()) if app.consumer else 0
+        ready = rt.loader.ready and assigned > 0 and not app.rebalancing
+        body = {"ready": ready, "identity_loaded": rt.loader.ready,
+                "assigned_partitions": assigned, "identities": len(rt.identity),
+                "policy_version": rt.policy.version, "decisions": rt.decisions,
+                "duplicates": rt.duplicates, "dead_letters": rt.dead_letters}
+        return web.json(body, status=200 if ready else 503)
+
+    return app, rt

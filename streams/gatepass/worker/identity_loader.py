@@ -1,0 +1,105 @@
+"""Every worker's full view of identity: the whole lifecycle topic, read from the start.
+
+Decisions need the agent (keyed like the intent) and its owner (keyed by principal), which
+no partitioning can co-locate, so each worker keeps all identities, like a Kafka Streams
+GlobalKTable. Until the view has caught up with the end offsets seen at start-up it is not
+ready, and every intent is denied `state_not_ready`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from gatepass.codec.avro import SchemaSet
+from gatepass.codec.records import lifecycle_from_record
+from gatepass.config import Settings
+from gatepass.core import IdentityState
+from gatepass.errors import BrokerError, DecodeError
+
+__all__ = ["IdentityLoader"]
+
+log = logging.getLogger("gatepass.identity")
+
+
+class IdentityLoader:
+    def __init__(self, settings: Settings, schemas: SchemaSet, state: IdentityState) -> None:
+        self.settings = settings
+        self.schemas = schemas
+        self.state = state
+        self.ready = False
+        self.loaded_records = 0
+        self.rejected_records = 0
+        self.ready_after: float | None = None
+        self.last_poll = 0.0
+        self._positions: dict[int, int] = {}
+        self._progress = asyncio.Condition()
+
+    async def run(self) -> None:
+        topic = self.settings.topics.identity
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024)
+        started = time.monotonic()
+        await consumer.start()
+        try:
+            partitions = await self._partitions(consumer, topic)
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            targets = {tp: off for tp, off in (await consumer.end_offsets(tps)).items()}
+            log.info("loading identity state from %s (%d records at most)", topic,
+                     sum(targets.values()))
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=10000)
+                self.last_poll = time.monotonic()
+                for tp, messages in batch.items():
+                    for msg in messages:
+                        self._apply(msg.value)
+                    self._positions[tp.partition] = messages[-1].offset + 1
+                if not self.ready:
+                    # position() skips compaction gaps and transaction markers, offsets don't
+                    if all([await consumer.position(tp) >= end for tp, end in targets.items()]):
+                        self.ready = True
+                        self.ready_after = time.monotonic() - started
+                        log.info("identity state ready: %d identities in %.2fs",
+                                 len(self.state), self.ready_after)
+                if batch or not self.ready:
+                    async with self._progress:
+                        self._progress.notify_all()
+        finally:
+            await consumer.stop()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+        def lookup() -> list[int]:
+            meta = AdminClient({"bootstrap.servers": self.settings.bootstrap}) \
+                .list_topics(topic, timeout=30).topics.get(topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise BrokerError(f"identity topic {topic} not found")
+            return sorted(meta.partitions)
+
+        return await asyncio.get_running_loop().run_in_executor(None, lookup)
+
+    def _apply(self, value: bytes | None) -> None:
+        if value is None:
+            return  # a tombstone: facts are retracted by newer events, never by deletion
+        try:
+            self.state.apply(lifecycle_from_record(self.schemas.lifecycle.decode(value)))
+            self.loaded_records += 1
+        except (DecodeError, KeyError, ValueError, TypeError):
+            # The lifecycle agent dead-letters it once for the whole group; here we only count.
+            self.rejected_records += 1
+
+    async def wait_ready(self) -> None:
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.ready)
+
+    async def wait_applied(self, partition: int, offset: int) -> None:
+        """Wait until the view has applied the record at `offset` of `partition`."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._positions.get(partition, 0) > offset)

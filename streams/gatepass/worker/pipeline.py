@@ -1,0 +1,297 @@
+"""What the stream agents do with one record, minus the sending: decode, look up, decide, sign.
+
+Kept free of faust so it can be tested without a broker. The agents in `app.py` feed it
+records and send the `Outgoing` records it returns; remembered decisions live in a
+changelog-backed table the agent passes in as a mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gatepass.codec.avro import SchemaSet
+from gatepass.codec.records import (
+    facts_to_record,
+    intent_from_record,
+    intent_to_record,
+    lifecycle_from_record,
+)
+from gatepass.config import Settings
+from gatepass.core import (
+    AgentRegistered,
+    AgentStatus,
+    Decision,
+    DecisionResult,
+    Freshness,
+    IdentityFacts,
+    IdentityState,
+    Intent,
+    PrincipalStatus,
+    PrincipalStatusChanged,
+    Reason,
+    ScopePolicy,
+    decide,
+)
+from gatepass.credentials import IssuedPass, PassIssuer, PassRequest
+from gatepass.errors import DecodeError, GatepassError
+
+__all__ = ["IntentOutcome", "Outgoing", "Pipeline"]
+
+log = logging.getLogger("gatepass.worker")
+_ALERT_NS = uuid.UUID("6f1d7c52-1b3e-4f59-9a0e-4c3f4a5e8d21")
+_MASKED = ["credential.token"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None
+
+
+@dataclass(slots=True)
+class IntentOutcome:
+    records: list[Outgoing] = field(default_factory=list)
+    remember: tuple[str, bytes] | None = None  # (intent id, decision record) for the memo table
+    decision: str = ""
+    reasons: tuple[str, ...] = ()
+    intent_id: str | None = None
+    duplicate: bool = False
+
+
+def _now_ms(clock: Callable[[], datetime]) -> datetime:
+    now = clock()
+    # Avro timestamps are milliseconds: decide on the value that will be recorded, so that a
+    # pass re-signed from the record is byte-identical to the first one.
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class Pipeline:
+    def __init__(self, *, settings: Settings, schemas: SchemaSet, policy: ScopePolicy,
+                 issuer: PassIssuer, identity: IdentityState, ready: Callable[[], bool],
+                 worker: str = "", clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.schemas = schemas
+        self.policy = policy
+        self.issuer = issuer
+        self.identity = identity
+        self.ready = ready
+        self.worker = worker
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.freshness = Freshness(max_age=settings.intent_max_age,
+                                   max_skew=settings.intent_max_skew)
+
+    # ---- intents -------------------------------------------------------------------------
+    def on_intent(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
+                  memo: Mapping[str, bytes]) -> IntentOutcome:
+        now = _now_ms(self.clock)
+        try:
+            intent = intent_from_record(self.schemas.intent.decode(value))
+        except (DecodeError, KeyError, ValueError, TypeError) as exc:
+            return IntentOutcome(records=[self.dead_letter(
+                self.topics.intents, partition, offset, key, value, exc, now)])
+        out = IntentOutcome(intent_id=intent.intent_id)
+        remembered = memo.get(intent.intent_id)
+        if remembered is not None:
+            return self._replay(remembered, partition, out)
+
+        result = decide(intent, self.identity, self.policy, now=now, freshness=self.freshness,
+                        ready=self.ready())
+        if key != intent.agent_id.encode():
+            # A record keyed by another id sits in another agent's partition: per-agent state
+            # and ordering would be wrong, so it is refused whatever the identity state says.
+            result = DecisionResult(
+                decision=Decision.DENY, reasons=(Reason.INVALID_INTENT,),
+                policy_version=self.policy.version, facts=result.facts,
+                detail="record key must equal agent_id")
+        issued: IssuedPass | None = None
+        if result.allowed:
+            try:
+                issued = self.issuer.issue(self._pass_request(intent, result.facts, now))
+            except Exception as exc:  # no key, no pass: fail closed, never an unsigned allow
+                log.error("signing failed for intent %s: %s", intent.intent_id,
+                          type(exc).__name__)
+                result = DecisionResult(
+                    decision=Decision.DENY, reasons=(Reason.INTERNAL_ERROR,),
+                    policy_version=self.policy.version, facts=result.facts,
+                    detail="pass could not be signed")
+        record = self._decision_record(intent, result, now, issued)
+        encoded = self.schemas.decision_record.encode(record)
+        key_bytes = intent.agent_id.encode()
+        out.records.append(Outgoing(self.topics.verdicts, key_bytes,
+                                    self._verdict_bytes(record, issued), partition))
+        out.records.append(Outgoing(self.topics.audit, key_bytes, encoded, partition))
+        if not result.allowed:
+            out.records.append(Outgoing(self.topics.denials, key_bytes, encoded, partition))
+        if result.orphaned:
+            out.records.append(Outgoing(self.topics.orphan_checks, key_bytes,
+                                        self._orphan_check(intent.agent_id, "intent_denied",
+                                                           result.facts, now, intent.intent_id),
+                                        partition))
+        out.remember = (intent.intent_id, encoded)
+        out.decision, out.reasons = result.decision.value, tuple(r.value for r in result.reasons)
+        return out
+
+    def _replay(self, remembered: bytes, partition: int, out: IntentOutcome) -> IntentOutcome:
+        """Answer a redelivered intent with the verdict it already got (same credential id)."""
+        record = self.schemas.decision_record.decode(remembered)
+        issued = None
+        ref = record.get("credential")
+        if record["decision"] == "ALLOW" and ref is not None:
+            intent = intent_from_record(record["intent"])
+            owner = record["facts"].get("owner") or ""
+            try:
+                issued = self.issuer.issue(PassRequest(
+                    intent_id=intent.intent_id, agent_id=intent.agent_id,
+                    audience=intent.audience, action=intent.action, resource=intent.resource,
+                    amount=intent.amount, currency=intent.currency, owner=owner,
+                    delegation_chain=intent.delegation_chain,
+                    policy_version=record["policy_version"], issued_at=ref["issued_at"]))
+            except GatepassError as exc:
+                log.error("could not re-sign pass for %s: %s", intent.intent_id, exc.code)
+        out.records.append(Outgoing(self.topics.verdicts, record["intent"]["agent_id"].encode(),
+                                    self._verdict_bytes(record, issued, ref), partition))
+        out.duplicate = True
+        out.decision, out.reasons = record["decision"], tuple(record["reasons"])
+        return out
+
+    def _pass_request(self, intent: Intent, facts: IdentityFacts, now: datetime) -> PassRequest:
+        return PassRequest(
+            intent_id=intent.intent_id, agent_id=intent.agent_id, audience=intent.audience,
+            action=intent.action, resource=intent.resource, amount=intent.amount,
+            currency=intent.currency, owner=facts.owner or "",
+            delegation_chain=intent.delegation_chain, policy_version=self.policy.version,
+            issued_at=now)
+
+    def _decision_record(self, intent: Intent, result: DecisionResult, now: datetime,
+                         issued: IssuedPass | None) -> dict[str, Any]:
+        credential = None
+        if issued is not None:
+            credential = {"credential_id": issued.credential_id, "token_sha256": issued.token_hash,
+                          "kid": issued.kid, "issued_at": issued.issued_at,
+                          "expires_at": issued.expires_at}
+        return {
+            "decision_id": str(uuid.uuid4()), "intent": intent_to_record(intent),
+            "decision": result.decision.value, "reasons": [r.value for r in result.reasons],
+            "detail": result.detail, "policy_version": result.policy_version,
+            "decided_at": now, "facts": facts_to_record(result.facts),
+            "credential": credential, "masked_fields": _MASKED if issued else [],
+            "worker": self.worker,
+        }
+
+    def _verdict_bytes(self, record: Mapping[str, Any], issued: IssuedPass | None,
+                       ref: Mapping[str, Any] | None = None) -> bytes:
+        ref = ref or record.get("credential")
+        return self.schemas.verdict.encode({
+            "intent_id": record["intent"]["intent_id"], "agent_id": record["intent"]["agent_id"],
+            "decision": record["decision"], "reasons": record["reasons"],
+            "detail": record["detail"],
+            "credential": issued.token if issued else None,
+            "credential_id": ref["credential_id"] if ref else None,
+            "expires_at": ref["expires_at"] if ref else None,
+            "policy_version": record["policy_version"], "decided_at": record["decided_at"],
+            "facts": record["facts"],
+        })
+
+    # ---- orphans -------------------------------------------------------------------------
+    def _orphan_check(self, agent_id: str, trigger: str, facts: IdentityFacts | None,
+                      now: datetime, intent_id: str | None = None) -> bytes:
+        return self.schemas.orphan_check.encode({
+            "agent_id": agent_id, "trigger": trigger, "intent_id": intent_id,
+            "owner": facts.owner if facts else None,
+            "owner_status": facts.owner_status if facts else None,
+            "owner_status_at": facts.owner_status_at if facts else None,
+            "requested_at": now})
+
+    def on_lifecycle(self, key: bytes | None, value: bytes | None, *, partition: int,
+                     offset: int) -> list[Outgoing]:
+        """Proactive ghost detection: fan an owner's deactivation out to their agents.
+
+        Runs once per lifecycle record in the consumer group (not in every worker), after the
+        worker's identity view has applied that record, so the view says who owns what.
+        """
+        now = _now_ms(self.clock)
+        try:
+            event = lifecycle_from_record(self.schemas.lifecycle.decode(value))
+        except (DecodeError, KeyError, ValueError, TypeError) as exc:
+            return [self.dead_letter(self.topics.identity, partition, offset, key, value, exc,
+                                     now)]
+        checks: list[tuple[str, str]] = []
+        if isinstance(event, PrincipalStatusChanged):
+            rec = self.identity.principal(event.principal_id)
+            if (rec is not None and rec.status is not PrincipalStatus.ACTIVE
+                    and rec.status_at == event.event_time and rec.status == event.status):
+                checks = [(a, "owner_deactivated")
+                          for a in self.identity.agents_owned_by(event.principal_id)]
+        elif isinstance(event, AgentRegistered):
+            agent = self.identity.agent(event.agent_id)
+            if (agent is not None and agent.registered_at == event.event_time
+                    and agent.owner == event.owner
+                    and not self.identity.owner_active(event.owner)):
+                checks = [(event.agent_id, "agent_registered")]
+        out = []
+        for agent_id, trigger in checks:
+            agent = self.identity.agent(agent_id)
+            if agent is None or agent.status is AgentStatus.DECOMMISSIONED:
+                continue
+            owner = self.identity.principal(agent.owner) if agent.owner else None
+            facts = IdentityFacts(owner=agent.owner,
+                                  owner_status=owner.status.value if owner else None,
+                                  owner_status_at=owner.status_at if owner else None)
+            out.append(Outgoing(self.topics.orphan_checks, agent_id.encode(),
+                                self._orphan_check(agent_id, trigger, facts, now), None))
+        return out
+
+    def on_orphan_check(self, key: bytes | None, value: bytes | None, *, partition: int,
+                        offset: int, memo: Mapping[str, bytes]) -> tuple[list[Outgoing],
+                                                                         tuple[str, bytes] | None]:
+        """One orphan alert per agent per owner deactivation, however many checks arrive."""
+        now = _now_ms(self.clock)
+        try:
+            check = self.schemas.orphan_check.decode(value)
+        except DecodeError as exc:
+            return [self.dead_letter(self.topics.orphan_checks, partition, offset, key, value,
+                                     exc, now)], None
+        agent_id, owner = check["agent_id"], check.get("owner")
+        seen_at: datetime | None = check.get("owner_status_at")
+        current = self.identity.principal(owner) if owner else None
+        if current is not None and current.status is PrincipalStatus.ACTIVE and (
+                seen_at is None or current.status_at > seen_at):
+            return [], None  # the owner was reinstated after the check was raised
+        previous = memo.get(agent_id)
+        if previous is not None:
+            prev = self.schemas.orphan_alert.decode(previous)
+            if prev.get("owner") == owner and prev.get("owner_status_at") == seen_at:
+                return [], None
+        agent = self.identity.agent(agent_id)
+        episode = f"{agent_id}|{owner}|{seen_at.isoformat() if seen_at else 'unknown'}"
+        alert = self.schemas.orphan_alert.encode({
+            "alert_id": str(uuid.uuid5(_ALERT_NS, episode)), "agent_id": agent_id,
+            "owner": owner, "owner_status": check.get("owner_status"),
+            "owner_status_at": seen_at, "purpose": agent.purpose if agent else None,
+            "department": agent.department if agent else None,
+            "contact": agent.contact if agent else None, "trigger": check["trigger"],
+            "intent_id": check.get("intent_id"), "detected_at": now})
+        return [Outgoing(self.topics.orphans, agent_id.encode(), alert, partition)], \
+            (agent_id, alert)
+
+    # ---- dead letters --------------------------------------------------------------------
+    def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
+                    value: bytes | None, exc: Exception, now: datetime) -> Outgoing:
+        code = exc.code if isinstance(exc, GatepassError) else "record_invalid"
+        log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, code)
+        return Outgoing(self.topics.dead_letter, key, self.schemas.dead_letter.encode({
+            "source_topic": topic, "source_partition": partition, "source_offset": offset,
+            "error_code": code, "error": str(exc) or type(exc).__name__, "key": key,
+            "value": value, "received_at": now}), None)
+
+
+def expired(record_decided_at: datetime, now: datetime, horizon: timedelta) -> bool:
+    return now - record_decided_at > horizon

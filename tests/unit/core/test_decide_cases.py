@@ -1,0 +1,140 @@
+"""Table-driven decision cases from cases/decide.toml: identity events + intent -> verdict."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatepass.core import (
+    AgentRegistered,
+    AgentStatus,
+    AgentStatusChanged,
+    Decision,
+    Freshness,
+    IdentityState,
+    Intent,
+    PrincipalStatus,
+    PrincipalStatusChanged,
+    Reason,
+    ScopePolicy,
+    decide,
+)
+
+CASES = tomllib.loads((Path(__file__).parent / "cases" / "decide.toml").read_text())["case"]
+NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+T0 = NOW - timedelta(days=1)
+FRESHNESS = Freshness(max_age=timedelta(seconds=120), max_skew=timedelta(seconds=30))
+POLICY = ScopePolicy.from_toml("""
+[purposes.procurement."purchase_order.create"]
+max_amount = "5000.00"
+currency = "USD"
+[purposes.procurement."vendor.read"]
+[purposes.research."dataset.read"]
+""")
+
+
+def base_world() -> IdentityState:
+    state = IdentityState()
+    for who, status in [("sarah", "active"), ("tom", "active"), ("gone", "offboarded"),
+                        ("paused", "suspended")]:
+        state.apply(PrincipalStatusChanged(principal_id=who, status=PrincipalStatus(status),
+                                           event_time=T0, source="hr"))
+    for agent, owner, purpose in [
+        ("procure-bot", "sarah", "procurement"), ("helper-bot", "tom", "procurement"),
+        ("ghost-bot", "gone", "procurement"), ("sleepy-bot", "paused", "procurement"),
+        ("orphan-unknown", "nobody", "procurement"), ("stopped-bot", "sarah", "procurement"),
+        ("retired-bot", "sarah", "procurement"), ("research-bot", "tom", "research"),
+    ]:
+        state.apply(AgentRegistered(agent_id=agent, owner=owner, purpose=purpose,
+                                    event_time=T0, source="idp"))
+    state.apply(AgentStatusChanged(agent_id="stopped-bot", status=AgentStatus.SUSPENDED,
+                                   event_time=T0, source="idp"))
+    state.apply(AgentStatusChanged(agent_id="retired-bot", status=AgentStatus.DECOMMISSIONED,
+                                   event_time=T0, source="idp"))
+    return state
+
+
+def event_from(doc: dict[str, Any]) -> Any:
+    at = T0 + timedelta(seconds=doc.get("at", 10))
+    kind = doc["kind"]
+    if kind == "agent_registered":
+        return AgentRegistered(agent_id=doc["agent"], owner=doc["owner"],
+                               purpose=doc["purpose"], event_time=at, source="case")
+    if kind == "agent_status":
+        return AgentStatusChanged(agent_id=doc["agent"], status=AgentStatus(doc["status"]),
+                                  event_time=at, source="case")
+    if kind == "principal_status":
+        return PrincipalStatusChanged(principal_id=doc["principal"],
+                                      status=PrincipalStatus(doc["status"]), event_time=at,
+                                      source="case")
+    raise AssertionError(f"unknown event kind {kind}")
+
+
+def intent_from(overrides: dict[str, Any]) -> Intent:
+    intent = Intent(intent_id="7b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11", agent_id="procure-bot",
+                    action="purchase_order.create", resource="vendor:ACME",
+                    audience="procurement-api", amount=Decimal("120.00"), currency="USD",
+                    requested_at=NOW - timedelta(seconds=1))
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key == "age_seconds":
+            changes["requested_at"] = NOW - timedelta(seconds=value)
+        elif key == "amount":
+            changes["amount"] = Decimal(value) if value else None
+        elif key == "currency":
+            changes["currency"] = value or None
+        elif key == "delegation_chain":
+            changes["delegation_chain"] = tuple(value)
+        else:
+            changes[key] = value
+    return replace(intent, **changes)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_decision_case(case: dict[str, Any]) -> None:
+    state = base_world()
+    for doc in case.get("events", []):
+        state.apply(event_from(doc))
+    result = decide(intent_from(case.get("intent", {})), state, POLICY, now=NOW,
+                    freshness=FRESHNESS, ready=case.get("ready", True))
+    assert result.decision is Decision(case["want"]), result.detail
+    assert [r.value for r in result.reasons] == case["reasons"], result.detail
+    assert result.orphaned is case.get("orphaned", False)
+    assert result.policy_version == POLICY.version
+    assert result.detail
+
+
+def test_cases_cover_every_reason_code() -> None:
+    covered = {reason for case in CASES for reason in case["reasons"]}
+    assert covered >= {r.value for r in Reason} - {"internal_error"}
+
+
+def test_allow_records_the_identity_facts_used() -> None:
+    result = decide(intent_from({}), base_world(), POLICY, now=NOW, freshness=FRESHNESS,
+                    ready=True)
+    assert result.facts.owner == "sarah"
+    assert result.facts.owner_status == "active"
+    assert result.facts.agent_status == "active"
+    assert result.facts.purpose == "procurement"
+    assert result.facts.state_ready
+
+
+class _ExplodingView:
+    def agent(self, agent_id: str) -> Any:
+        raise RuntimeError("identity store corrupted")
+
+    def principal(self, principal_id: str) -> Any:
+        raise RuntimeError("identity store corrupted")
+
+
+def test_an_erroring_lookup_denies_with_internal_error() -> None:
+    result = decide(intent_from({}), _ExplodingView(), POLICY, now=NOW, freshness=FRESHNESS,
+                    ready=True)
+    assert result.decision is Decision.DENY
+    assert result.reasons == (Reason.INTERNAL_ERROR,)
