@@ -110,7 +110,12 @@ class GatepassClient:
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused",
                                    "enable.auto.commit": False, "fetch.wait.max.ms": 10,
                                    "fetch.min.bytes": 1})
-        self._partitions = self._assign_verdicts()
+        try:
+            self._partitions = self._assign_verdicts()
+        except BaseException:
+            self._consumer.close()
+            self._producer.flush(0)
+            raise
         self._thread = threading.Thread(target=self._poll, name="gatepass-verdicts", daemon=True)
         self._thread.start()
 
@@ -130,13 +135,24 @@ class GatepassClient:
                               "exist: is a Gatepass worker running?")
         # Start at the current end of every verdict partition, fixed before any intent is sent,
         # so no reply can slip past between sending and listening.
-        tps = []
-        for p in sorted(verdicts.partitions):
-            _, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self._topics.verdicts, p), timeout=10)
-            tps.append(TopicPartition(self._topics.verdicts, p, high))
+        tps = [TopicPartition(self._topics.verdicts, p, self._end_offset(p))
+               for p in sorted(verdicts.partitions)]
         self._consumer.assign(tps)
         return len(intents.partitions)
+
+    def _end_offset(self, partition: int, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topics.verdicts, partition), timeout=timeout)
+                return int(high)
+            except KafkaException as exc:
+                # A partition created a moment ago may not have its leader serving yet
+                # (NOT_LEADER_FOR_PARTITION, which librdkafka does not mark retriable).
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"cannot read {self._topics.verdicts}: {exc}") from exc
+                time.sleep(0.1)
 
     def _poll(self) -> None:
         codec = self._codecs.verdict

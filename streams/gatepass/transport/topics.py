@@ -7,6 +7,7 @@ co-partitioning, so start-up refuses it with a clear error instead of deciding w
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -69,7 +70,7 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     futures = admin.create_topics(
         [NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication,
                   config=s.config) for s in missing], operation_timeout=timeout)
-    created = []
+    created: list[str] = []
     for name, fut in futures.items():
         try:
             fut.result()
@@ -78,4 +79,17 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
             if exc.args and getattr(exc.args[0], "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
                 continue  # another worker won the race
             raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+    _wait_for_leaders(admin, [s.name for s in missing], timeout)
     return created
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """New partitions have no leader for a moment; clients would see NOT_LEADER errors."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout).topics
+        if all(name in topics and topics[name].partitions and
+               all(p.leader >= 0 for p in topics[name].partitions.values()) for name in names):
+            return
+        time.sleep(0.05)
+    raise BrokerError(f"topics {names} have no partition leaders after {timeout:.0f}s")

@@ -1,0 +1,186 @@
+"""The core pipeline end to end on a real broker with a real worker process."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from gatepass.codec.avro import schemas
+from gatepass.codec.records import intent_to_record
+from gatepass.core import PrincipalStatus, PrincipalStatusChanged
+from gatepass.credentials import PassVerifier, load_jwks
+from gatepass.errors import AuthorizationTimeout, TokenReplayedError
+from gatepass.transport import ensure_topics, partition_for
+from support.stack import Stack, new_settings, read_topic, verdicts_for
+
+pytestmark = pytest.mark.integration
+AUDIENCE = "procurement-api"
+
+
+def _agent(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def test_the_demo_story(stack: Stack) -> None:
+    agent, owner = _agent("procure-bot"), _agent("sarah")
+    stack.register(agent, owner)
+    jwks = load_jwks(f"{stack.settings.web_url}/.well-known/jwks.json")
+    verifier = PassVerifier(jwks, audience=AUDIENCE, issuer="gatepass")
+    with stack.client(agent_id=agent, audience=AUDIENCE, timeout=20) as gp:
+        allowed = gp.authorize("purchase_order.create", "vendor:ACME", amount=Decimal("120.00"))
+        assert allowed.decision == "ALLOW", allowed
+        assert allowed.reasons == ("allowed",)
+        assert allowed.facts["owner"] == owner and allowed.facts["owner_status"] == "active"
+        checked = verifier.verify(allowed.credential or "", action="purchase_order.create",
+                                  resource="vendor:ACME", amount=Decimal("120"),
+                                  currency="USD")
+        assert checked.intent_id == allowed.intent_id and checked.owner == owner
+        with pytest.raises(TokenReplayedError):
+            verifier.verify(allowed.credential or "", action="purchase_order.create",
+                            resource="vendor:ACME", amount=Decimal("120"), currency="USD")
+
+        scope = gp.authorize("cloud.provision", "gpu-cluster")
+        assert (scope.decision, scope.reasons) == ("DENY", ("out_of_scope",))
+        assert scope.credential is None
+
+        stack.publisher().publish(PrincipalStatusChanged(
+            principal_id=owner, status=PrincipalStatus.OFFBOARDED,
+            event_time=datetime.now(UTC), source="hr"))
+        alerts = read_topic(stack.settings, stack.settings.topics.orphans,
+                            schemas().orphan_alert,
+                            lambda rs: any(r["agent_id"] == agent for r in rs))
+        mine = [a for a in alerts if a["agent_id"] == agent]
+        assert len(mine) == 1
+        assert (mine[0]["owner"], mine[0]["owner_status"], mine[0]["trigger"]) == \
+            (owner, "offboarded", "owner_deactivated")
+
+        ghost = gp.authorize("purchase_order.create", "vendor:ACME", amount=Decimal("120.00"))
+        assert (ghost.decision, ghost.reasons) == ("DENY", ("owner_inactive",))
+
+    ids = {allowed.intent_id, scope.intent_id, ghost.intent_id}
+    audit = read_topic(stack.settings, stack.settings.topics.audit, schemas().decision_record,
+                       lambda rs: ids <= {r["intent"]["intent_id"] for r in rs})
+    by_id = {r["intent"]["intent_id"]: r for r in audit if r["intent"]["intent_id"] in ids}
+    assert by_id[allowed.intent_id]["credential"]["credential_id"] == allowed.credential_id
+    assert by_id[allowed.intent_id]["masked_fields"] == ["credential.token"]
+    raw_audit = read_topic(stack.settings, stack.settings.topics.audit, None,
+                           lambda rs: len(rs) >= len(audit), timeout=5)
+    assert all((allowed.credential or "").encode() not in v for _, v in raw_audit)
+    denials = read_topic(stack.settings, stack.settings.topics.denials,
+                         schemas().decision_record,
+                         lambda rs: {scope.intent_id, ghost.intent_id}
+                         <= {r["intent"]["intent_id"] for r in rs})
+    denied_ids = {r["intent"]["intent_id"] for r in denials}
+    assert {scope.intent_id, ghost.intent_id} <= denied_ids
+    assert allowed.intent_id not in denied_ids
+
+    # The denial on use is answered by the same single alert (no second one).
+    later = read_topic(stack.settings, stack.settings.topics.orphans, schemas().orphan_alert,
+                       timeout=3)
+    assert len([a for a in later if a["agent_id"] == agent]) == 1
+
+
+def test_duplicated_intent_gets_the_same_verdict(stack: Stack) -> None:
+    agent, owner = _agent("dup-bot"), _agent("owner")
+    stack.register(agent, owner)
+    with stack.client(agent_id=agent, audience=AUDIENCE, timeout=20) as gp:
+        intent = gp.intent("purchase_order.create", "vendor:ACME", amount=Decimal("99.50"))
+        first = gp.submit(intent).result(20)
+        second = gp.submit(intent).result(20)
+        # Same id, other content: still the first verdict, whose pass covers the first content.
+        third = gp.submit(replace(intent, amount=Decimal("9999.00"))).result(20)
+    assert first.decision == "ALLOW"
+    for again in (second, third):
+        assert (again.decision, again.reasons, again.credential_id, again.credential) == \
+            (first.decision, first.reasons, first.credential_id, first.credential)
+    verdicts = verdicts_for(stack.settings, {intent.intent_id}, at_least=3)
+    assert len(verdicts) == 3
+    assert len({(v["decision"], v["credential_id"]) for v in verdicts}) == 1
+    audit = read_topic(stack.settings, stack.settings.topics.audit, schemas().decision_record,
+                       timeout=3)
+    assert len([r for r in audit if r["intent"]["intent_id"] == intent.intent_id]) == 1
+
+
+def test_out_of_order_lifecycle_does_not_resurrect_an_owner(stack: Stack) -> None:
+    agent, owner = _agent("late-bot"), _agent("owner")
+    base = datetime.now(UTC) - timedelta(minutes=10)
+    stack.register(agent, owner, at=base)
+    pub = stack.publisher()
+    pub.publish(PrincipalStatusChanged(principal_id=owner, status=PrincipalStatus.OFFBOARDED,
+                                       event_time=base + timedelta(minutes=5), source="hr"))
+    # Delivered later, happened earlier: must not win.
+    pub.publish(PrincipalStatusChanged(principal_id=owner, status=PrincipalStatus.ACTIVE,
+                                       event_time=base + timedelta(minutes=2), source="okta"))
+    with stack.client(agent_id=agent, audience=AUDIENCE, timeout=20) as gp:
+        denied = gp.authorize("vendor.read", "vendor:ACME")
+        assert (denied.decision, denied.reasons) == ("DENY", ("owner_inactive",))
+        pub.publish(PrincipalStatusChanged(principal_id=owner, status=PrincipalStatus.ACTIVE,
+                                           event_time=datetime.now(UTC), source="hr"))
+        allowed = gp.authorize("vendor.read", "vendor:ACME")
+        assert allowed.decision == "ALLOW", allowed
+
+
+def test_undecodable_records_go_to_the_dead_letter_topic(stack: Stack) -> None:
+    t = stack.settings.topics
+    garbage = b"\x00not avro at all " + uuid.uuid4().bytes
+    unknown_schema = b"\xc3\x01" + b"\x01" * 8 + uuid.uuid4().bytes
+    stack.produce_raw(t.intents, b"mystery-bot", garbage)
+    stack.produce_raw(t.intents, b"mystery-bot", unknown_schema)
+    letters = read_topic(stack.settings, t.dead_letter, schemas().dead_letter,
+                         lambda rs: {garbage, unknown_schema} <= {r["value"] for r in rs})
+    by_value = {r["value"]: r for r in letters}
+    assert by_value[garbage]["error_code"] == "decode_error"
+    assert by_value[unknown_schema]["error_code"] == "schema_unknown"
+    for r in (by_value[garbage], by_value[unknown_schema]):
+        assert r["source_topic"] == t.intents and r["key"] == b"mystery-bot"
+        assert r["source_offset"] >= 0 and r["error"]
+    # The worker kept going.
+    agent, owner = _agent("after-bad-bot"), _agent("owner")
+    stack.register(agent, owner)
+    with stack.client(agent_id=agent, audience=AUDIENCE, timeout=20) as gp:
+        assert gp.authorize("vendor.read", "vendor:ACME").decision == "ALLOW"
+
+
+def test_decodable_but_invalid_intents_are_denied(stack: Stack) -> None:
+    agent, owner = _agent("sloppy-bot"), _agent("owner")
+    stack.register(agent, owner)
+    t, codec = stack.settings.topics, schemas().intent
+    with stack.client(agent_id=agent, audience=AUDIENCE, timeout=20) as gp:
+        negative = gp.intent("purchase_order.create", "vendor:ACME", amount=Decimal("-5.00"))
+        assert gp.submit(negative).result(20).reasons == ("invalid_intent",)
+        stale = replace(gp.intent("vendor.read", "vendor:ACME"),
+                        requested_at=datetime.now(UTC) - timedelta(hours=1))
+        assert gp.submit(stale).result(20).reasons == ("stale_intent",)
+        # A record keyed by another agent than it names sits in the wrong partition.
+        wrong_key = gp.intent("vendor.read", "vendor:ACME")
+        stack.produce_raw(t.intents, b"someone-else", codec.encode(intent_to_record(wrong_key)),
+                          partition=partition_for(agent, stack.settings.partitions))
+    (verdict,) = verdicts_for(stack.settings, {wrong_key.intent_id})
+    assert (verdict["decision"], verdict["reasons"]) == ("DENY", ["invalid_intent"])
+
+
+def test_unregistered_and_suspended_agents_are_denied(stack: Stack) -> None:
+    with stack.client(audience=AUDIENCE, timeout=20) as gp:
+        v = gp.authorize("vendor.read", "vendor:ACME", agent_id=_agent("stranger"))
+    assert (v.decision, v.reasons) == ("DENY", ("unregistered_agent",))
+
+
+def test_sdk_timeout_is_a_deny_never_an_allow(kafka_bootstrap: str,
+                                              tmp_path: Any) -> None:
+    settings = new_settings(kafka_bootstrap, tmp_path)  # topics exist, no worker runs
+    ensure_topics(settings)
+    from gatepass.sdk import GatepassClient
+
+    with GatepassClient.from_settings(settings, agent_id="lonely-bot", audience=AUDIENCE,
+                                      timeout=1.0) as gp:
+        v = gp.authorize("vendor.read", "vendor:ACME")
+        assert (v.decision, v.reasons, v.credential, v.allowed) == \
+            ("DENY", ("sdk_timeout",), None, False)
+        with pytest.raises(AuthorizationTimeout) as err:
+            gp.authorize("vendor.read", "vendor:ACME", raise_on_deny=True)
+        assert err.value.code == "timeout"
