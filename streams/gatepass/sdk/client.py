@@ -158,8 +158,12 @@ class GatepassClient:
         codec = self._codecs.verdict
         while not self._closed.is_set():
             self._producer.poll(0)
-            msgs = self._consumer.consume(num_messages=500, timeout=0.05)
-            for msg in msgs:
+            # poll() returns as soon as one record is there; consume() would wait for the
+            # whole batch or the timeout, adding its timeout to every verdict's latency.
+            first = self._consumer.poll(0.05)
+            if first is None:
+                continue
+            for msg in [first, *self._consumer.consume(num_messages=500, timeout=0)]:
                 if msg.error() or msg.value() is None:
                     continue
                 try:

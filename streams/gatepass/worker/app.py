@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ from gatepass.credentials import KeyStore, PassIssuer
 from gatepass.transport import partition_for
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import publish_public_keys
+from gatepass.worker.memo import ExpiryIndex
 from gatepass.worker.pipeline import Outgoing, Pipeline
 from gatepass.worker.policy import load_scope_policy
 
@@ -112,8 +114,15 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     intents, identity = raw_topic(t.intents), raw_topic(t.identity)
     orphan_checks = raw_topic(t.orphan_checks)
     # intent id -> DecisionRecord of its verdict; agent id -> last OrphanAlert (raw Avro)
+    expiry = ExpiryIndex(settings.dedupe_horizon.total_seconds())
+
+    async def index_recovered(event: Any) -> None:
+        msg = event.message
+        if msg.value is not None:
+            expiry.add(msg.partition, msg.key, msg.timestamp)
+
     decided = app.Table("decided", default=None, partitions=settings.partitions,
-                        key_type=bytes, value_type=bytes)
+                        key_type=bytes, value_type=bytes, on_changelog_event=index_recovered)
     alerted = app.Table("alerted", default=None, partitions=settings.partitions,
                         key_type=bytes, value_type=bytes)
     decided_view, alerted_view = _BytesKeyed(decided), _BytesKeyed(alerted)
@@ -132,7 +141,12 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             out = rt.pipeline.on_intent(msg.key, msg.value, partition=msg.partition,
                                         offset=msg.offset, memo=decided_view)
             if out.remember is not None:
-                decided[out.remember[0].encode()] = out.remember[1]
+                key = out.remember[0].encode()
+                decided[key] = out.remember[1]
+                expiry.add(msg.partition, key, time.time())
+            for old in expiry.due(msg.partition, time.time()):
+                if old in decided:
+                    del decided[old]  # a tombstone in this partition's changelog
             await send(out.records)
             rt.decisions += 1
             rt.duplicates += out.duplicate
@@ -158,6 +172,12 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             if remember is not None:
                 alerted[remember[0].encode()] = remember[1]
             await send(records)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        for tp in revoked:
+            if tp.topic == t.intents:
+                expiry.forget_partition(tp.partition)
 
     @app.task
     async def load_identity() -> None:
@@ -186,7 +206,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         body = {"ready": ready, "identity_loaded": rt.loader.ready,
                 "assigned_partitions": assigned, "identities": len(rt.identity),
                 "policy_version": rt.policy.version, "decisions": rt.decisions,
-                "duplicates": rt.duplicates, "dead_letters": rt.dead_letters}
+                "duplicates": rt.duplicates, "dead_letters": rt.dead_letters,
+                "remembered_intents": len(expiry)}
         return web.json(body, status=200 if ready else 503)
 
     return app, rt

@@ -1,0 +1,43 @@
+"""The decided-intent expiry index: what is forgotten, when, and in which partition."""
+
+from __future__ import annotations
+
+from gatepass.worker.memo import ExpiryIndex
+
+
+def test_only_keys_older_than_the_horizon_of_that_partition_are_due() -> None:
+    index = ExpiryIndex(100.0, sweep_every=0.0)
+    index.add(0, b"old", 1000.0)
+    index.add(0, b"young", 1090.0)
+    index.add(1, b"other-partition", 1000.0)
+    assert index.due(0, 1150.0) == [b"old"]
+    assert index.due(0, 1150.0) == []
+    assert index.due(1, 1150.0) == [b"other-partition"]
+    assert index.due(0, 1191.0) == [b"young"]
+    assert len(index) == 0
+
+
+def test_sweeps_are_rate_limited_per_partition() -> None:
+    index = ExpiryIndex(10.0, sweep_every=5.0)
+    index.add(0, b"a", 0.0)
+    index.add(0, b"b", 1.0)
+    assert index.due(0, 100.0) == [b"a", b"b"]
+    index.add(0, b"c", 2.0)
+    assert index.due(0, 102.0) == []  # swept 2 s ago
+    assert index.due(0, 106.0) == [b"c"]
+
+
+def test_a_sweep_is_bounded() -> None:
+    index = ExpiryIndex(1.0, sweep_every=0.0, max_per_sweep=3)
+    for i in range(7):
+        index.add(2, str(i).encode(), float(i))
+    assert index.due(2, 100.0) == [b"0", b"1", b"2"]
+    assert index.due(2, 100.0) == [b"3", b"4", b"5"]
+    assert index.due(2, 100.0) == [b"6"]
+
+
+def test_a_revoked_partition_is_forgotten() -> None:
+    index = ExpiryIndex(1.0, sweep_every=0.0)
+    index.add(3, b"k", 0.0)
+    index.forget_partition(3)
+    assert index.due(3, 100.0) == []
