@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gatepass.codec.avro import schemas
-from gatepass.codec.records import intent_to_record
+from gatepass.codec.records import intent_to_record, lifecycle_from_record
 from gatepass.core import PrincipalStatus, PrincipalStatusChanged
 from gatepass.credentials import PassVerifier, load_jwks
 from gatepass.errors import AuthorizationTimeout, TokenReplayedError
@@ -116,6 +116,18 @@ def test_out_of_order_lifecycle_does_not_resurrect_an_owner(stack: Stack) -> Non
     # Delivered later, happened earlier: must not win.
     pub.publish(PrincipalStatusChanged(principal_id=owner, status=PrincipalStatus.ACTIVE,
                                        event_time=base + timedelta(minutes=2), source="okta"))
+    # The losing record is now followed by the winner under the same key, so compaction
+    # (which keeps the last record per key) cannot resurrect the owner on a reload.
+    key = f"principal:{owner}/status".encode()
+
+    def repaired(records: list[Any]) -> bool:
+        mine = [v for k, v in records if k == key]
+        return len(mine) >= 4  # registration, offboarding, the late loser, the repair
+
+    records = read_topic(stack.settings, stack.settings.topics.identity, None, repaired)
+    statuses = [lifecycle_from_record(schemas().lifecycle.decode(v)).status  # type: ignore[union-attr]
+                for k, v in records if k == key]
+    assert statuses[-1] is PrincipalStatus.OFFBOARDED, statuses
     with stack.client(agent_id=agent, audience=AUDIENCE, timeout=20) as gp:
         denied = gp.authorize("vendor.read", "vendor:ACME")
         assert (denied.decision, denied.reasons) == ("DENY", ("owner_inactive",))

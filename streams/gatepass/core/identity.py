@@ -125,6 +125,54 @@ class IdentityState:
         rec = self.principals.get(principal_id)
         return rec is not None and rec.status is PrincipalStatus.ACTIVE
 
+    def winning_event(self, key: str) -> LifecycleEvent | None:
+        """The event that currently holds the fact behind a lifecycle key (None: unknown).
+
+        Rebuilt exactly (same event time, source and source event id), so writing it back
+        under its key is a no-op for every reader; see `needs_repair`.
+        """
+        subject, _, fact = key.rpartition("/")
+        kind, _, ident = subject.partition(":")
+        if kind == "principal" and fact == "status":
+            rec, order = self.principals.get(ident), self._principal_order.get(ident)
+            if rec is None or order is None:
+                return None
+            return PrincipalStatusChanged(principal_id=ident, status=rec.status,
+                                          event_time=order[0], source=order[2],
+                                          source_event_id=order[3])
+        if kind != "agent":
+            return None
+        agent = self.agents.get(ident)
+        if agent is None:
+            return None
+        if fact == "status":
+            order = self._agent_status_order.get(ident)
+            if order is None:
+                return None
+            return AgentStatusChanged(agent_id=ident, status=agent.status, event_time=order[0],
+                                      source=order[2], source_event_id=order[3])
+        if fact == "registration":
+            order = self._agent_reg_order.get(ident)
+            if order is None or agent.owner is None:
+                return None
+            return AgentRegistered(agent_id=ident, owner=agent.owner,
+                                   purpose=agent.purpose or "", department=agent.department,
+                                   contact=agent.contact, created_by=agent.created_by,
+                                   event_time=order[0], source=order[2],
+                                   source_event_id=order[3])
+        return None
+
+    def needs_repair(self, event: LifecycleEvent) -> LifecycleEvent | None:
+        """The newer event to write back when `event` lost to it, else None.
+
+        Compaction keeps the record with the highest *offset* per key. A late, older event
+        written after a newer one would be the survivor, and a worker rebuilding its state
+        from the compacted topic would resurrect, say, an offboarded principal. Writing the
+        winner back under the same key makes the newest event the last record again.
+        """
+        winner = self.winning_event(lifecycle_key(event))
+        return winner if winner is not None and winner != event else None
+
     def apply(self, event: LifecycleEvent) -> Applied:
         if isinstance(event, AgentRegistered):
             return self._apply_registration(event)

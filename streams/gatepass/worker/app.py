@@ -27,7 +27,6 @@ from gatepass.codec.avro import SchemaSet, schemas
 from gatepass.config import Settings
 from gatepass.core import IdentityState, ScopePolicy
 from gatepass.credentials import KeyStore, PassIssuer
-from gatepass.transport import partition_for
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import publish_public_keys
 from gatepass.worker.memo import ExpiryIndex
@@ -129,10 +128,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     async def send(records: list[Outgoing]) -> None:
         for r in records:
-            partition = r.partition
-            if partition is None and r.key is not None and r.topic == t.orphan_checks:
-                partition = partition_for(r.key, settings.partitions)
-            await app.producer.send(r.topic, r.key, r.value, partition, None, None)
+            await app.producer.send(r.topic, r.key, r.value, r.partition, None, None)
 
     @app.agent(intents)
     async def decide_intents(stream: Any) -> None:
@@ -173,7 +169,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 alerted[remember[0].encode()] = remember[1]
             await send(records)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         for tp in revoked:
             if tp.topic == t.intents:

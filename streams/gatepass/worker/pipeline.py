@@ -20,6 +20,7 @@ from gatepass.codec.records import (
     intent_from_record,
     intent_to_record,
     lifecycle_from_record,
+    lifecycle_to_record,
 )
 from gatepass.config import Settings
 from gatepass.core import (
@@ -39,6 +40,7 @@ from gatepass.core import (
 )
 from gatepass.credentials import IssuedPass, PassIssuer, PassRequest
 from gatepass.errors import DecodeError, GatepassError
+from gatepass.transport import partition_for
 
 __all__ = ["IntentOutcome", "Outgoing", "Pipeline"]
 
@@ -223,6 +225,15 @@ class Pipeline:
         except (DecodeError, KeyError, ValueError, TypeError) as exc:
             return [self.dead_letter(self.topics.identity, partition, offset, key, value, exc,
                                      now)]
+        out: list[Outgoing] = []
+        winner = self.identity.needs_repair(event)
+        if winner is not None:
+            # This record lost to a newer one that it now follows in the log: write the
+            # winner back so compaction cannot keep the loser (see IdentityState.needs_repair).
+            out.append(Outgoing(self.topics.identity, key,
+                                self.schemas.lifecycle.encode(lifecycle_to_record(winner)),
+                                partition))
+            return out
         checks: list[tuple[str, str]] = []
         if isinstance(event, PrincipalStatusChanged):
             rec = self.identity.principal(event.principal_id)
@@ -236,7 +247,6 @@ class Pipeline:
                     and agent.owner == event.owner
                     and not self.identity.owner_active(event.owner)):
                 checks = [(event.agent_id, "agent_registered")]
-        out = []
         for agent_id, trigger in checks:
             agent = self.identity.agent(agent_id)
             if agent is None or agent.status is AgentStatus.DECOMMISSIONED:
@@ -245,8 +255,10 @@ class Pipeline:
             facts = IdentityFacts(owner=agent.owner,
                                   owner_status=owner.status.value if owner else None,
                                   owner_status_at=owner.status_at if owner else None)
+            # Co-partitioned with the agent's intents: the worker owning them owns its alerts.
             out.append(Outgoing(self.topics.orphan_checks, agent_id.encode(),
-                                self._orphan_check(agent_id, trigger, facts, now), None))
+                                self._orphan_check(agent_id, trigger, facts, now),
+                                partition_for(agent_id, self.settings.partitions)))
         return out
 
     def on_orphan_check(self, key: bytes | None, value: bytes | None, *, partition: int,
