@@ -7,6 +7,7 @@ GATEPASS_BOOTSTRAP, GATEPASS_TOPIC_PREFIX, GATEPASS_PASS_TTL_SECONDS.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -102,7 +103,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
             raise ConfigError("bootstrap", "must name at least one host:port")
-        if not _PREFIX_RE.match(self.topic_prefix):
+        if not _PREFIX_RE.fullmatch(self.topic_prefix):
             raise ConfigError("topic_prefix", "only letters, digits, '.', '_' and '-' allowed")
         if not 1 <= self.partitions <= 1024:
             raise ConfigError("partitions", "must be between 1 and 1024")
@@ -186,9 +187,12 @@ def _convert(key: str, raw: str, kind: str) -> Any:
         if kind == "int":
             return int(raw)
         if kind == "seconds":
-            return timedelta(seconds=float(raw))
+            seconds = float(raw)
+            if not math.isfinite(seconds):
+                raise ValueError(raw)
+            return timedelta(seconds=seconds)
         if kind == "path":
             return Path(raw)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ConfigError(key, f"not a valid {kind}: {raw!r}") from exc
     return raw

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gatepass.cli.main import dumps
@@ -134,13 +134,17 @@ def cmd_jwks(ns: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+ROTATION_LEEWAY = timedelta(seconds=60)
+
+
 def cmd_keys(ns: argparse.Namespace, settings: Settings) -> int:
     from gatepass.config import MAX_PASS_TTL
     from gatepass.credentials import KeyStore
 
     store = KeyStore.open(settings.keystore_dir)
     now = datetime.now(UTC)
-    kid = store.rotate(now=now, grace=MAX_PASS_TTL + settings.intent_max_skew)
+    # Grace covers the longest pass any worker may issue plus the verifiers' leeway.
+    kid = store.rotate(now=now, grace=MAX_PASS_TTL + ROTATION_LEEWAY)
     store.write_jwks(settings.jwks_file, now=now)
     print(f"new signing key {kid}; retired keys stay published until their passes expire. "
           "Restart workers to sign with it.")

@@ -12,6 +12,7 @@ from gatepass.cli.main import dumps
 from gatepass.codec.avro import RecordCodec, schemas
 from gatepass.config import Settings
 from gatepass.errors import BrokerError, DecodeError
+from gatepass.transport import watermarks
 
 __all__ = ["tail"]
 
@@ -68,7 +69,7 @@ def tail(settings: Settings, which: str, *, follow: bool, limit: int, as_json: b
         ends: dict[int, int] = {}
         tps = []
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(consumer, topic, p)
             ends[p] = high
             tps.append(TopicPartition(topic, p, low))
         consumer.assign(tps)

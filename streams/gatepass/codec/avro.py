@@ -21,7 +21,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from gatepass.errors import DecodeError, RecordInvalidError, UnknownSchemaError
+from gatepass.errors import ConfigError, DecodeError, RecordInvalidError, UnknownSchemaError
 
 __all__ = ["MARKER", "RecordCodec", "SchemaSet", "schema_dir", "schemas"]
 
@@ -116,19 +116,35 @@ class SchemaSet:
 
     @classmethod
     def load(cls, folder: Path) -> SchemaSet:
-        named: dict[str, Any] = {}
-        codecs: dict[str, RecordCodec] = {}
-        for stem in _FILES:
-            raw = json.loads((folder / f"{stem}.avsc").read_text())
-            parse_schema(raw, named)  # registers named types for the files that follow
-            expanded = parse_schema(raw, dict(named), expand=True, _write_hint=False)
-            history = []
-            for old_file in sorted((folder / "history").glob(f"{stem}.v*.avsc")):
-                old_named: dict[str, Any] = dict(named)
-                history.append(parse_schema(json.loads(old_file.read_text()), old_named,
-                                            expand=True, _write_hint=False, _force=True))
-            codecs[stem] = RecordCodec(raw["name"], expanded, history)
-        return cls(**codecs)
+        current = {stem: json.loads((folder / f"{stem}.avsc").read_text()) for stem in _FILES}
+        # history/<stem>.v<N>.avsc: the files of one N form one earlier generation. A type
+        # they refer to resolves within that generation (falling back to the current file),
+        # so a DecisionRecord written before ActionIntent changed keeps its own fingerprint.
+        generations: dict[str, dict[str, Any]] = {}
+        for path in sorted((folder / "history").glob("*.v*.avsc")):
+            stem, _, version = path.name.removesuffix(".avsc").rpartition(".v")
+            if stem not in current or not version.isdigit():
+                raise ConfigError("schemas_dir", f"{path}: expected <record>.v<N>.avsc")
+            generations.setdefault(version, {})[stem] = json.loads(path.read_text())
+        history: dict[str, list[Any]] = {stem: [] for stem in _FILES}
+        for files in generations.values():
+            for stem, expanded in _expand_all({**current, **files}).items():
+                if stem in files:
+                    history[stem].append(expanded)
+        return cls(**{stem: RecordCodec(current[stem]["name"], expanded, history[stem])
+                      for stem, expanded in _expand_all(current).items()})
+
+
+def _expand_all(raw_by_stem: Mapping[str, Any]) -> dict[str, Any]:
+    """Each schema with every named type it uses inlined (self-contained, fingerprintable)."""
+    named: dict[str, Any] = {}
+    expanded = {}
+    for stem in _FILES:
+        raw = raw_by_stem[stem]
+        parse_schema(raw, named, _force=True)  # registers its types for the files after it
+        expanded[stem] = parse_schema(raw, dict(named), expand=True, _write_hint=False,
+                                      _force=True)
+    return expanded
 
 
 @cache

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from gatepass.core import (
@@ -30,12 +29,18 @@ __all__ = [
 ]
 
 AMOUNT_QUANTUM = Decimal("0.0001")  # the schema's decimal scale
+_WIDE = Context(prec=60)  # wider than any amount the schema (precision 18) can carry
 
 
 def intent_to_record(intent: Intent) -> dict[str, Any]:
     amount = intent.amount
     if amount is not None and amount.is_finite():
-        amount = amount.quantize(AMOUNT_QUANTUM)
+        exponent = amount.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -4 and amount != amount.quantize(
+                AMOUNT_QUANTUM, context=_WIDE):
+            # Rounding would send another amount than the agent asked for.
+            raise RecordInvalidError(f"amount {amount} has more than 4 decimal places")
+        amount = amount.quantize(AMOUNT_QUANTUM, context=_WIDE)
     return {
         "intent_id": intent.intent_id, "agent_id": intent.agent_id, "action": intent.action,
         "resource": intent.resource, "audience": intent.audience, "amount": amount,
@@ -60,11 +65,12 @@ def intent_from_record(rec: Mapping[str, Any]) -> Intent:
 
 
 def _normalize(amount: Decimal) -> Decimal:
-    if not amount.is_finite():
+    """120.0000 -> 120.00, 1.2345 -> 1.2345; values beyond the schema's range stay as they
+    are and are denied by validation (the schema allows 18 digits, a foreign writer more)."""
+    if not amount.is_finite() or amount.adjusted() >= 18:
         return amount
-    q = amount.quantize(Decimal("0.01")) if amount == amount.quantize(Decimal("0.01")) \
-        else amount.normalize()
-    return q
+    cents = amount.quantize(Decimal("0.01"), context=_WIDE)
+    return cents if cents == amount else amount.normalize(context=_WIDE)
 
 
 def lifecycle_to_record(event: LifecycleEvent) -> dict[str, Any]:
@@ -119,6 +125,3 @@ def facts_from_record(rec: Mapping[str, Any]) -> IdentityFacts:
         "purpose", "department")}, state_ready=bool(rec.get("state_ready")),
         agent_registered=bool(rec.get("agent_registered")))
 
-
-def as_datetime(value: datetime | None) -> datetime | None:
-    return value

@@ -49,6 +49,10 @@ class ScopePolicy:
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], *, source: str = "scope policy") -> ScopePolicy:
+        unknown = set(doc) - {"purposes"}
+        if unknown:
+            # A typo such as [purpose.x] would otherwise silently drop those actions.
+            raise ConfigError("scope_file", f"{source}: unknown top-level keys {sorted(unknown)}")
         purposes_doc = doc.get("purposes")
         if not isinstance(purposes_doc, Mapping) or not purposes_doc:
             raise ConfigError("scope_file", f"{source}: needs a non-empty [purposes] table")

@@ -25,7 +25,7 @@ from gatepass.core import AgentRegistered, PrincipalStatus, PrincipalStatusChang
 from gatepass.credentials import load_jwks
 from gatepass.demo.procurement_api import AUDIENCE, ProcurementApi
 from gatepass.sdk import GatepassClient, LifecyclePublisher, Verdict
-from gatepass.transport import ensure_topics
+from gatepass.transport import ensure_topics, watermarks
 from gatepass.worker.process import WorkerProcess
 
 __all__ = ["run_demo"]
@@ -85,8 +85,7 @@ class _OrphanWatch:
         meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
         tps = []
         for p in meta.partitions:
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            tps.append(TopicPartition(topic, p, high))
+            tps.append(TopicPartition(topic, p, watermarks(self._consumer, topic, p)[1]))
         self._consumer.assign(tps)
 
     def wait_for(self, agent: str, timeout: float) -> dict[str, Any] | None:

@@ -33,7 +33,7 @@ from gatepass.codec.records import intent_to_record, lifecycle_to_record
 from gatepass.config import DEFAULT_BOOTSTRAP, DEFAULT_TOPIC_PREFIX, Settings, TopicNames
 from gatepass.core import Intent, LifecycleEvent, lifecycle_key
 from gatepass.errors import AuthorizationDenied, AuthorizationTimeout, BrokerError
-from gatepass.transport import partition_for
+from gatepass.transport import partition_for, watermarks
 
 __all__ = [
     "SDK_PUBLISH_FAILED",
@@ -135,24 +135,12 @@ class GatepassClient:
                               "exist: is a Gatepass worker running?")
         # Start at the current end of every verdict partition, fixed before any intent is sent,
         # so no reply can slip past between sending and listening.
-        tps = [TopicPartition(self._topics.verdicts, p, self._end_offset(p))
+        tps = [TopicPartition(self._topics.verdicts, p,
+                              watermarks(self._consumer, self._topics.verdicts, p)[1])
                for p in sorted(verdicts.partitions)]
         self._consumer.assign(tps)
         return len(intents.partitions)
 
-    def _end_offset(self, partition: int, timeout: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self._topics.verdicts, partition), timeout=timeout)
-                return int(high)
-            except KafkaException as exc:
-                # A partition created a moment ago may not have its leader serving yet
-                # (NOT_LEADER_FOR_PARTITION, which librdkafka does not mark retriable).
-                if time.monotonic() > deadline:
-                    raise BrokerError(f"cannot read {self._topics.verdicts}: {exc}") from exc
-                time.sleep(0.1)
 
     def _poll(self) -> None:
         codec = self._codecs.verdict

@@ -28,7 +28,7 @@ from gatepass.config import Settings
 from gatepass.core import IdentityState, ScopePolicy
 from gatepass.credentials import KeyStore, PassIssuer
 from gatepass.worker.identity_loader import IdentityLoader
-from gatepass.worker.keys import publish_public_keys
+from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.memo import ExpiryIndex
 from gatepass.worker.pipeline import Outgoing, Pipeline
 from gatepass.worker.policy import load_scope_policy
@@ -79,6 +79,7 @@ class Runtime:
         self.decisions = 0
         self.duplicates = 0
         self.dead_letters = 0
+        self.keys_published = False
 
 
 def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
@@ -179,12 +180,14 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def load_identity() -> None:
         await rt.loader.run()
 
-    @app.task
-    async def publish_keys() -> None:
-        now = datetime.now(UTC)
-        rt.keystore.write_jwks(settings.jwks_file, now=now)
+    async def sync_keys() -> None:
+        """JWKS file and keys topic follow the key store (retired keys leave after grace)."""
         await asyncio.get_running_loop().run_in_executor(
-            None, publish_public_keys, settings, rt.schemas, rt.keystore, now)
+            None, sync_public_keys, settings, rt.schemas, rt.keystore, datetime.now(UTC))
+        rt.keys_published = True
+
+    app.task(sync_keys)
+    app.timer(interval=60.0)(sync_keys)
 
     @app.page("/.well-known/jwks.json")
     async def jwks(web: Any, request: Any) -> Any:
@@ -198,8 +201,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def readyz(web: Any, request: Any) -> Any:
         # Ready = identity loaded and this worker owns partitions (it is deciding).
         assigned = len(app.consumer.assignment()) if app.consumer else 0
-        ready = rt.loader.ready and assigned > 0 and not app.rebalancing
+        ready = rt.loader.ready and rt.keys_published and assigned > 0 and not app.rebalancing
         body = {"ready": ready, "identity_loaded": rt.loader.ready,
+                "keys_published": rt.keys_published,
                 "assigned_partitions": assigned, "identities": len(rt.identity),
                 "policy_version": rt.policy.version, "decisions": rt.decisions,
                 "duplicates": rt.duplicates, "dead_letters": rt.dead_letters,

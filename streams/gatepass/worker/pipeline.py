@@ -96,13 +96,23 @@ class Pipeline:
         now = _now_ms(self.clock)
         try:
             intent = intent_from_record(self.schemas.intent.decode(value))
-        except (DecodeError, KeyError, ValueError, TypeError) as exc:
+        except (DecodeError, KeyError, ValueError, TypeError, ArithmeticError) as exc:
             return IntentOutcome(records=[self.dead_letter(
                 self.topics.intents, partition, offset, key, value, exc, now)])
         out = IntentOutcome(intent_id=intent.intent_id)
         remembered = memo.get(intent.intent_id)
         if remembered is not None:
             return self._replay(remembered, partition, out)
+        try:
+            return self._decide(intent, key, partition, now, out)
+        except Exception as exc:  # nothing a record holds may stop the agent
+            log.error("intent %s could not be answered: %s", intent.intent_id,
+                      type(exc).__name__)
+            return IntentOutcome(records=[self.dead_letter(
+                self.topics.intents, partition, offset, key, value, exc, now)])
+
+    def _decide(self, intent: Intent, key: bytes | None, partition: int, now: datetime,
+                out: IntentOutcome) -> IntentOutcome:
 
         result = decide(intent, self.identity, self.policy, now=now, freshness=self.freshness,
                         ready=self.ready())
@@ -142,25 +152,35 @@ class Pipeline:
         return out
 
     def _replay(self, remembered: bytes, partition: int, out: IntentOutcome) -> IntentOutcome:
-        """Answer a redelivered intent with the verdict it already got (same credential id)."""
-        record = self.schemas.decision_record.decode(remembered)
-        issued = None
-        ref = record.get("credential")
-        if record["decision"] == "ALLOW" and ref is not None:
-            intent = intent_from_record(record["intent"])
-            owner = record["facts"].get("owner") or ""
-            try:
+        """Answer a redelivered intent with the verdict it already got (same credential id).
+
+        If that verdict cannot be reproduced exactly (the record is unreadable, or its pass
+        cannot be re-signed), nothing is sent: the first answer stands on the verdict topic,
+        and a different second answer, or an ALLOW without a pass, would be worse.
+        """
+        out.duplicate = True
+        try:
+            record = self.schemas.decision_record.decode(remembered)
+            issued = None
+            ref = record.get("credential")
+            if record["decision"] == "ALLOW":
+                if ref is None:
+                    raise ValueError("remembered ALLOW without a credential")
+                intent = intent_from_record(record["intent"])
                 issued = self.issuer.issue(PassRequest(
                     intent_id=intent.intent_id, agent_id=intent.agent_id,
                     audience=intent.audience, action=intent.action, resource=intent.resource,
-                    amount=intent.amount, currency=intent.currency, owner=owner,
+                    amount=intent.amount, currency=intent.currency,
+                    owner=record["facts"].get("owner") or "",
                     delegation_chain=intent.delegation_chain,
                     policy_version=record["policy_version"], issued_at=ref["issued_at"]))
-            except GatepassError as exc:
-                log.error("could not re-sign pass for %s: %s", intent.intent_id, exc.code)
+        except Exception as exc:
+            log.error("redelivered intent %s not answered again (first verdict stands): %s",
+                      out.intent_id, exc.code if isinstance(exc, GatepassError)
+                      else type(exc).__name__)
+            return out
         out.records.append(Outgoing(self.topics.verdicts, record["intent"]["agent_id"].encode(),
                                     self._verdict_bytes(record, issued, ref), partition))
-        out.duplicate = True
         out.decision, out.reasons = record["decision"], tuple(record["reasons"])
         return out
 

@@ -1,0 +1,214 @@
+"""Schema evolution as docs/architecture.md promises it, with real schema folders.
+
+Compatible changes: adding a field with a default, removing a field that had a default,
+widening to a union with null. Readers know the current schema plus schemas/history/; a
+writer schema they do not know is refused (UnknownSchemaError, dead-lettered), never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatepass.codec import SchemaSet, schema_dir, schemas
+from gatepass.codec.records import intent_from_record
+from gatepass.config import Settings
+from gatepass.core import IdentityState
+from gatepass.credentials import KeyStore, PassIssuer
+from gatepass.errors import RecordInvalidError, UnknownSchemaError
+from gatepass.worker import Pipeline
+from gatepass.worker.policy import load_scope_policy
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PREVIOUS = FIXTURES / "intent.v0.avsc"  # before delegation_chain (which has a default) existed
+NEXT_ADDED = FIXTURES / "intent.next_added_field.avsc"  # + trace_id, default null
+NEXT_REMOVED = FIXTURES / "intent.next_removed_field.avsc"  # - context, which had default {}
+NEXT_WIDENED = FIXTURES / "intent.next_widened_union.avsc"  # resource: string -> [string, null]
+AT = datetime(2026, 3, 2, 9, 30, 15, 123000, tzinfo=UTC)
+
+CURRENT_RECORD: dict[str, Any] = {
+    "intent_id": "7b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11", "agent_id": "procure-bot",
+    "action": "purchase_order.create", "resource": "vendor:ACME", "audience": "procurement-api",
+    "amount": Decimal("120.0000"), "currency": "USD", "context": {"ticket": "PROC-4411"},
+    "requested_at": AT, "delegation_chain": ["planner-bot"]}
+
+
+def schema_folder(root: Path, *, intent: Path | None = None,
+                  history: dict[str, Path] | None = None) -> Path:
+    """A copy of schemas/, optionally with another intent.avsc and files under history/."""
+    folder = root / "schemas"
+    folder.mkdir(parents=True)
+    for avsc in schema_dir().glob("*.avsc"):
+        shutil.copy(avsc, folder / avsc.name)
+    if intent is not None:
+        shutil.copy(intent, folder / "intent.avsc")
+    for name, source in (history or {}).items():
+        (folder / "history").mkdir(exist_ok=True)
+        shutil.copy(source, folder / "history" / name)
+    return folder
+
+
+def load(root: Path, **kwargs: Any) -> SchemaSet:
+    return SchemaSet.load(schema_folder(root, **kwargs))
+
+
+def _fields(path: Path) -> dict[str, Any]:
+    return {f["name"]: f for f in json.loads(path.read_text())["fields"]}
+
+
+@pytest.mark.parametrize(("fixture", "added", "removed", "changed"), [
+    (PREVIOUS, set(), {"delegation_chain"}, set()),
+    (NEXT_ADDED, {"trace_id"}, set(), set()),
+    (NEXT_REMOVED, set(), {"context"}, set()),
+    (NEXT_WIDENED, set(), set(), {"resource"}),
+], ids=lambda v: v.name if isinstance(v, Path) else None)
+def test_fixtures_differ_from_the_current_schema_only_as_described(
+        fixture: Path, added: set[str], removed: set[str], changed: set[str]) -> None:
+    current, other = _fields(schema_dir() / "intent.avsc"), _fields(fixture)
+    assert set(other) - set(current) == added
+    assert set(current) - set(other) == removed
+    assert {n for n in set(current) & set(other) if current[n] != other[n]} == changed
+    for name in removed:
+        assert "default" in current[name]  # only fields with a default may go
+    for name in added:
+        assert "default" in other[name]  # and only fields with one may come
+    for name in changed:
+        assert other[name]["type"] == [current[name]["type"], "null"]
+
+
+@pytest.fixture
+def current_bytes() -> bytes:
+    return schemas().intent.encode(CURRENT_RECORD)
+
+
+# ---- (a) previous writer, current reader -------------------------------------------------
+def test_current_reader_without_history_refuses_the_previous_writer(tmp_path: Path) -> None:
+    previous = load(tmp_path / "previous", intent=PREVIOUS)
+    data = previous.intent.encode({k: v for k, v in CURRENT_RECORD.items()
+                                   if k != "delegation_chain"})
+    assert previous.intent.fingerprint != schemas().intent.fingerprint
+    with pytest.raises(UnknownSchemaError) as info:
+        schemas().intent.decode(data)
+    assert info.value.code == "schema_unknown"
+    assert previous.intent.fingerprint.hex() in str(info.value)
+
+
+def test_previous_writer_is_read_by_the_current_reader_with_history(tmp_path: Path,
+                                                                    current_bytes: bytes) -> None:
+    previous = load(tmp_path / "previous", intent=PREVIOUS)
+    old_record = {k: v for k, v in CURRENT_RECORD.items() if k != "delegation_chain"}
+    data = previous.intent.encode(old_record)
+
+    reader = load(tmp_path / "reader", history={"intent.v0.avsc": PREVIOUS})
+    assert reader.intent.fingerprint == schemas().intent.fingerprint  # history adds, not replaces
+    decoded = reader.intent.decode(data)
+    assert decoded == old_record | {"delegation_chain": []}  # the added field's default
+    intent = intent_from_record(decoded)
+    assert intent.delegation_chain == ()
+    assert intent.amount == Decimal("120")
+    # and the current writer is still read as before
+    assert reader.intent.decode(current_bytes) == CURRENT_RECORD
+
+
+# ---- (b) current writer, next reader (current schema in its history) ---------------------
+NEXT_CASES = [
+    ("added field with default", NEXT_ADDED, CURRENT_RECORD | {"trace_id": None}),
+    ("removed field that had a default", NEXT_REMOVED,
+     {k: v for k, v in CURRENT_RECORD.items() if k != "context"}),
+    ("widened to a union with null", NEXT_WIDENED, CURRENT_RECORD),
+]
+
+
+@pytest.mark.parametrize(("label", "next_schema", "expected"), NEXT_CASES,
+                         ids=[c[0] for c in NEXT_CASES])
+def test_current_writer_is_read_by_the_next_reader(tmp_path: Path, current_bytes: bytes,
+                                                   label: str, next_schema: Path,
+                                                   expected: dict[str, Any]) -> None:
+    reader = load(tmp_path, intent=next_schema,
+                  history={"intent.v1.avsc": schema_dir() / "intent.avsc"})
+    assert reader.intent.fingerprint != schemas().intent.fingerprint
+    assert reader.intent.decode(current_bytes) == expected
+
+
+@pytest.mark.parametrize(("label", "next_schema", "expected"), NEXT_CASES,
+                         ids=[c[0] for c in NEXT_CASES])
+def test_next_reader_without_the_current_schema_in_history_refuses_it(
+        tmp_path: Path, current_bytes: bytes, label: str, next_schema: Path,
+        expected: dict[str, Any]) -> None:
+    reader = load(tmp_path, intent=next_schema)
+    with pytest.raises(UnknownSchemaError):
+        reader.intent.decode(current_bytes)
+
+
+NEXT_WRITTEN = [
+    ("added field with default", NEXT_ADDED, CURRENT_RECORD | {"trace_id": "4bf92f3577b34da6"},
+     CURRENT_RECORD),
+    ("removed field that had a default", NEXT_REMOVED,
+     {k: v for k, v in CURRENT_RECORD.items() if k != "context"}, CURRENT_RECORD | {"context": {}}),
+    ("widened to a union with null", NEXT_WIDENED, CURRENT_RECORD, CURRENT_RECORD),
+]
+
+
+@pytest.mark.parametrize(("label", "next_schema", "written", "expected"), NEXT_WRITTEN,
+                         ids=[c[0] for c in NEXT_WRITTEN])
+def test_the_other_direction_resolves_once_the_reader_knows_the_writer(
+        tmp_path: Path, label: str, next_schema: Path, written: dict[str, Any],
+        expected: dict[str, Any]) -> None:
+    writer = load(tmp_path / "writer", intent=next_schema)
+    data = writer.intent.encode(written)
+    with pytest.raises(UnknownSchemaError):  # readers first: an unknown writer is refused
+        schemas().intent.decode(data)
+    reader = load(tmp_path / "reader", history={"intent.v2.avsc": next_schema})
+    assert reader.intent.decode(data) == expected
+
+
+def test_a_null_in_a_widened_union_cannot_be_read_as_the_narrow_type(tmp_path: Path) -> None:
+    writer = load(tmp_path / "writer", intent=NEXT_WIDENED)
+    data = writer.intent.encode(CURRENT_RECORD | {"resource": None})
+    reader = load(tmp_path / "reader", history={"intent.v2.avsc": NEXT_WIDENED})
+    with pytest.raises(RecordInvalidError) as info:
+        reader.intent.decode(data)
+    assert info.value.code == "record_invalid"
+
+
+# ---- unknown writers are refused, then dead-lettered ------------------------------------
+def test_unknown_writer_is_dead_lettered_not_guessed(tmp_path: Path) -> None:
+    writer = load(tmp_path / "writer", intent=NEXT_ADDED)
+    data = writer.intent.encode(CURRENT_RECORD | {"trace_id": "4bf92f3577b34da6"})
+    now = AT + timedelta(seconds=1)
+    store = KeyStore.open(tmp_path / "keys", now=now)
+    pipeline = Pipeline(settings=Settings(), schemas=schemas(),
+                        policy=load_scope_policy(None),
+                        issuer=PassIssuer(store, issuer="gatepass", ttl=timedelta(minutes=5)),
+                        identity=IdentityState(), ready=lambda: True, clock=lambda: now)
+    out = pipeline.on_intent(b"procure-bot", data, partition=2, offset=41, memo={})
+    assert out.intent_id is None and out.remember is None
+    assert [r.topic for r in out.records] == ["gatepass.dead-letter"]
+    letter = schemas().dead_letter.decode(out.records[0].value)
+    assert letter["error_code"] == "schema_unknown"
+    assert (letter["source_topic"], letter["source_partition"], letter["source_offset"]) == (
+        "gatepass.intents", 2, 41)
+    assert letter["value"] == data
+    assert writer.intent.fingerprint.hex() in letter["error"]
+
+
+# ---- records that embed an evolved type --------------------------------------------------
+def test_decision_records_written_before_an_intent_change_stay_readable(tmp_path: Path) -> None:
+    old = schemas()
+    record = {"decision_id": "c0a8e1d2-0000-4000-8000-000000000001", "intent": CURRENT_RECORD,
+              "decision": "DENY", "reasons": ["stale_intent"], "detail": "old",
+              "policy_version": "scope-0123456789abcdef", "decided_at": AT,
+              "facts": {"state_ready": True, "agent_registered": False},
+              "credential": None, "masked_fields": [], "worker": ""}
+    data = old.decision_record.encode(record)
+    reader = load(tmp_path, intent=NEXT_ADDED, history={
+        "intent.v1.avsc": schema_dir() / "intent.avsc",
+        "decision_record.v1.avsc": schema_dir() / "decision_record.avsc"})
+    decoded = reader.decision_record.decode(data)
+    assert decoded["intent"]["trace_id"] is None
