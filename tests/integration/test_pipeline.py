@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from gatepass.codec.avro import schemas
 from gatepass.codec.records import intent_to_record, lifecycle_from_record
@@ -196,3 +198,45 @@ def test_sdk_timeout_is_a_deny_never_an_allow(kafka_bootstrap: str,
         with pytest.raises(AuthorizationTimeout) as err:
             gp.authorize("vendor.read", "vendor:ACME", raise_on_deny=True)
         assert err.value.code == "timeout"
+
+
+def test_the_keys_topic_holds_exactly_the_public_jwks(stack: Stack) -> None:
+    from gatepass.worker.keys import published_keys
+
+    jwks = load_jwks(f"{stack.settings.web_url}/.well-known/jwks.json")
+    published = published_keys(stack.settings, schemas())
+    assert set(published) == {k["kid"] for k in jwks["keys"]}
+    for record in published.values():
+        assert set(record) == {"kid", "kty", "crv", "x", "alg", "status", "published_at"}
+        assert (record["kty"], record["crv"], record["alg"]) == ("OKP", "Ed25519", "EdDSA")
+    raw = read_topic(stack.settings, stack.settings.topics.keys, None, timeout=3)
+    secrets = []
+    for pem in (stack.settings.home / "keys").glob("*.pem"):
+        key = serialization.load_pem_private_key(pem.read_bytes(), password=None)
+        d = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                              serialization.NoEncryption())
+        secrets += [d, base64.urlsafe_b64encode(d).rstrip(b"="), d.hex().encode()]
+    assert secrets and raw
+    for _, value in raw:
+        assert not any(secret in (value or b"") for secret in secrets)
+
+
+def test_rotation_retires_keys_from_the_topic_after_their_grace(kafka_bootstrap: str,
+                                                                tmp_path: Any) -> None:
+    from gatepass.credentials import KeyStore
+    from gatepass.worker.keys import published_keys, sync_public_keys
+
+    settings = new_settings(kafka_bootstrap, tmp_path)
+    ensure_topics(settings)
+    store = KeyStore.open(settings.keystore_dir)
+    first = store.active.kid
+    now = datetime.now(UTC)
+    assert sync_public_keys(settings, schemas(), store, now) == (1, 0)
+    assert sync_public_keys(settings, schemas(), store, now) == (0, 0)  # nothing changed
+    second = store.rotate(now=now, grace=timedelta(minutes=10))
+    assert sync_public_keys(settings, schemas(), store, now) == (2, 0)  # new + first retired
+    keys = published_keys(settings, schemas())
+    assert {k: r["status"] for k, r in keys.items()} == {first: "retired", second: "active"}
+    later = now + timedelta(minutes=11)
+    assert sync_public_keys(settings, schemas(), store, later) == (0, 1)  # tombstone
+    assert set(published_keys(settings, schemas())) == {second}

@@ -130,7 +130,9 @@ def cmd_intent(ns: argparse.Namespace, settings: Settings) -> int:
 def cmd_jwks(ns: argparse.Namespace, settings: Settings) -> int:
     from gatepass.credentials import KeyStore
 
-    print(dumps(KeyStore.open(settings.keystore_dir).jwks(now=datetime.now(UTC))))
+    # Reading public keys must never create a signing key as a side effect.
+    store = KeyStore.open(settings.keystore_dir, create=False)
+    print(dumps(store.jwks(now=datetime.now(UTC))))
     return 0
 
 

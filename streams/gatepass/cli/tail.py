@@ -17,6 +17,14 @@ from gatepass.transport import watermarks
 __all__ = ["tail"]
 
 
+def _printable(line: str) -> str:
+    """One record, one line: control characters an agent put in a field are escaped, so a
+    resource like "x\\n<forged line>" cannot pass for a record of its own."""
+    if line.isprintable():
+        return line
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
+
+
 def _t(value: datetime | None) -> str:
     return value.strftime("%H:%M:%S.%f")[:-3] if value else "-"
 
@@ -94,7 +102,7 @@ def tail(settings: Settings, which: str, *, follow: bool, limit: int, as_json: b
                 rec.pop("credential", None)  # a bearer pass is not for terminals and logs
                 out.write(dumps(rec) + "\n")
             else:
-                out.write(fmt(rec) + "\n")
+                out.write(_printable(fmt(rec)) + "\n")
             out.flush()
             count += 1
             if limit and count >= limit:

@@ -1,8 +1,9 @@
 """The faust application: three thin agents around the pipeline, plus JWKS and health pages.
 
     intents        --decide_intents-->      verdicts, audit, denials, orphan-checks
-    identity       --fan_out_lifecycle-->   orphan-checks      (owner offboarded -> agents)
     orphan-checks  --raise_orphan_alerts--> orphan-alerts      (one per agent per episode)
+    identity       --IdentityLoader-->      this worker's full identity view (every record)
+    identity       --LifecycleFanout-->     orphan-checks (owner offboarded -> agents), repairs
 
 Each agent is a loop: read, call the pipeline, send what it returns. Produce calls are not
 awaited for acknowledgement one by one; faust flushes the producer before it commits offsets,
@@ -29,6 +30,7 @@ from gatepass.core import IdentityState, ScopePolicy
 from gatepass.credentials import KeyStore, PassIssuer
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
+from gatepass.worker.lifecycle_fanout import LifecycleFanout
 from gatepass.worker.memo import ExpiryIndex
 from gatepass.worker.pipeline import Outgoing, Pipeline
 from gatepass.worker.policy import load_scope_policy
@@ -111,8 +113,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         return app.topic(name, partitions=settings.partitions, key_type=bytes,
                          value_type=bytes, key_serializer="raw", value_serializer="raw")
 
-    intents, identity = raw_topic(t.intents), raw_topic(t.identity)
-    orphan_checks = raw_topic(t.orphan_checks)
+    intents, orphan_checks = raw_topic(t.intents), raw_topic(t.orphan_checks)
     # intent id -> DecisionRecord of its verdict; agent id -> last OrphanAlert (raw Avro)
     expiry = ExpiryIndex(settings.dedupe_horizon.total_seconds())
 
@@ -149,15 +150,6 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             rt.duplicates += out.duplicate
             rt.dead_letters += out.intent_id is None
 
-    @app.agent(identity)
-    async def fan_out_lifecycle(stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            await rt.loader.wait_applied(msg.partition, msg.offset)
-            records = rt.pipeline.on_lifecycle(msg.key, msg.value, partition=msg.partition,
-                                               offset=msg.offset)
-            await send(records)
-
     @app.agent(orphan_checks)
     async def raise_orphan_alerts(stream: Any) -> None:
         async for event in stream.events():
@@ -179,6 +171,15 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.task
     async def load_identity() -> None:
         await rt.loader.run()
+
+    async def flush() -> None:
+        await app.producer.flush()
+
+    fanout = LifecycleFanout(settings, rt.loader, rt.pipeline, send, flush)
+
+    @app.task
+    async def fan_out_lifecycle() -> None:
+        await fanout.run()
 
     async def sync_keys() -> None:
         """JWKS file and keys topic follow the key store (retired keys leave after grace)."""

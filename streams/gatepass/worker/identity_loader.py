@@ -24,6 +24,7 @@ from gatepass.errors import BrokerError, DecodeError
 __all__ = ["IdentityLoader"]
 
 log = logging.getLogger("gatepass.identity")
+_YIELD_EVERY = 500
 
 
 class IdentityLoader:
@@ -43,7 +44,8 @@ class IdentityLoader:
         topic = self.settings.topics.identity
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_bytes=32 * 1024 * 1024,
+            client_id=f"{self.settings.app_id}-identity", auto_offset_reset="earliest",
+            fetch_max_wait_ms=50, fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024)
         started = time.monotonic()
         await consumer.start()
@@ -59,8 +61,13 @@ class IdentityLoader:
                 batch = await consumer.getmany(timeout_ms=200, max_records=10000)
                 self.last_poll = time.monotonic()
                 for tp, messages in batch.items():
-                    for msg in messages:
+                    for i, msg in enumerate(messages):
                         self._apply(msg.value)
+                        if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                            # getmany does not yield while records are buffered: without this
+                            # a large load would hold intents, health checks and the fan-out.
+                            self._positions[tp.partition] = msg.offset + 1
+                            await asyncio.sleep(0)
                     self._positions[tp.partition] = messages[-1].offset + 1
                 if not self.ready:
                     # position() skips compaction gaps and transaction markers, offsets don't

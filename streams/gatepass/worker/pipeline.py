@@ -116,13 +116,13 @@ class Pipeline:
 
         result = decide(intent, self.identity, self.policy, now=now, freshness=self.freshness,
                         ready=self.ready())
-        if key != intent.agent_id.encode():
-            # A record keyed by another id sits in another agent's partition: per-agent state
-            # and ordering would be wrong, so it is refused whatever the identity state says.
+        misplaced = self._misplaced(intent, key, partition)
+        if misplaced:
+            # Per-agent state (remembered verdicts, alerts) lives in the agent's partition; a
+            # record elsewhere would escape it, so it is refused whatever identity says.
             result = DecisionResult(
                 decision=Decision.DENY, reasons=(Reason.INVALID_INTENT,),
-                policy_version=self.policy.version, facts=result.facts,
-                detail="record key must equal agent_id")
+                policy_version=self.policy.version, facts=result.facts, detail=misplaced)
         issued: IssuedPass | None = None
         if result.allowed:
             try:
@@ -150,6 +150,15 @@ class Pipeline:
         out.remember = (intent.intent_id, encoded)
         out.decision, out.reasons = result.decision.value, tuple(r.value for r in result.reasons)
         return out
+
+    def _misplaced(self, intent: Intent, key: bytes | None, partition: int) -> str | None:
+        if key != intent.agent_id.encode():
+            return "record key must equal agent_id"
+        expected = partition_for(intent.agent_id, self.settings.partitions)
+        if partition != expected:
+            return (f"record is on partition {partition}, the agent's partition is {expected}: "
+                    "produce with Kafka's murmur2 partitioner")
+        return None
 
     def _replay(self, remembered: bytes, partition: int, out: IntentOutcome) -> IntentOutcome:
         """Answer a redelivered intent with the verdict it already got (same credential id).

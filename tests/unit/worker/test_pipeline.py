@@ -620,3 +620,14 @@ def test_undecodable_orphan_check_is_dead_lettered(rig: Rig) -> None:
     assert [r.topic for r in records] == [TOPICS.dead_letter]
     letter = schemas().dead_letter.decode(records[0].value)
     assert (letter["source_topic"], letter["source_offset"]) == (TOPICS.orphan_checks, 5)
+
+
+def test_intent_on_another_partition_than_its_agent_is_denied_invalid_intent(rig: Rig) -> None:
+    """A producer using librdkafka's default partitioner puts keys elsewhere than murmur2:
+    the agent's remembered verdicts and alerts would not be found, so it is refused."""
+    right = partition_for(b"procure-bot", N)
+    out = rig.pipeline.on_intent(b"procure-bot", intent_bytes(), partition=(right + 1) % N,
+                                 offset=9, memo={})
+    assert (out.decision, out.reasons) == ("DENY", ("invalid_intent",))
+    assert "murmur2" in verdict_of(out)["detail"]
+    assert all(r.partition == (right + 1) % N for r in out.records if r.partition is not None)
