@@ -113,8 +113,8 @@ def main() -> int:
 
     base_topic = f"{settings.topic_prefix}baseline"
     from confluent_kafka.admin import AdminClient, NewTopic
-    AdminClient({"bootstrap.servers": settings.bootstrap}).create_topics(
-        [NewTopic(base_topic, args.partitions, 1)])[base_topic].result()
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin.create_topics([NewTopic(base_topic, args.partitions, 1)])[base_topic].result()
     time.sleep(1)
     start = produce_all(settings.bootstrap, [(base_topic, k, v, p) for _, k, v, p in records])
     base_seen, base_last = consume_all(settings.bootstrap, base_topic, args.intents, 120)

@@ -40,6 +40,10 @@ def schema_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "schemas"
 
 
+def _prepared(expanded: Any) -> Any:
+    return parse_schema(expanded, {}, _force=True)
+
+
 def _fingerprint(parsed: Any) -> bytes:
     return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
 
@@ -51,12 +55,14 @@ class RecordCodec:
 
     def __init__(self, name: str, schema: Any, history: list[Any]) -> None:
         self.name = name
-        self._schema = schema
+        # fastavro re-parses a schema dict on every call unless it carries its parse hint,
+        # which costs more than the encoding itself: parse once, with the hint.
+        self._schema = _prepared(schema)
         self._header = MARKER + _fingerprint(schema)
         # writer fingerprint -> writer schema (None: the current schema, no resolution needed)
         self._readers: dict[bytes, Any] = {self._header[2:]: None}
         for old in history:
-            self._readers.setdefault(_fingerprint(old), old)
+            self._readers.setdefault(_fingerprint(old), _prepared(old))
 
     @property
     def schema(self) -> Any:
