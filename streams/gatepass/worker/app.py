@@ -97,6 +97,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         value_serializer="raw",
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
+        # A killed worker's partitions move after 10 s, not faust's default minute: intents
+        # of its agents wait that long for an answer.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         producer_linger_ms=2,
