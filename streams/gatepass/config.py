@@ -34,6 +34,7 @@ MAX_PASS_TTL = timedelta(hours=1)  # hard limit: no configuration may exceed it
 DEFAULT_INTENT_MAX_AGE = timedelta(minutes=2)
 DEFAULT_INTENT_MAX_SKEW = timedelta(seconds=30)
 DEFAULT_WEB_PORT = 6066
+DEFAULT_READY_WAIT = timedelta(seconds=15)
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 
 
@@ -97,6 +98,9 @@ class Settings:
     intent_max_age: timedelta = DEFAULT_INTENT_MAX_AGE
     intent_max_skew: timedelta = DEFAULT_INTENT_MAX_SKEW
     scope_file: Path | None = None
+    # How long a starting worker holds intents while its identity view loads, before it
+    # answers them state_not_ready (a worker joining the group takes partitions at once).
+    ready_wait: timedelta = DEFAULT_READY_WAIT
     log_level: str = "info"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -117,6 +121,8 @@ class Settings:
             raise ConfigError("intent_max_age", "must be positive")
         if self.intent_max_skew < timedelta(0):
             raise ConfigError("intent_max_skew", "must not be negative")
+        if not timedelta(0) <= self.ready_wait <= timedelta(minutes=10):
+            raise ConfigError("ready_wait", "must be between 0 and 10 minutes")
 
     @property
     def topics(self) -> TopicNames:
@@ -175,7 +181,7 @@ class Settings:
 
 
 def _env_keys(name: str) -> list[tuple[str, str]]:
-    if name in {"pass_ttl", "intent_max_age", "intent_max_skew"}:
+    if name in {"pass_ttl", "intent_max_age", "intent_max_skew", "ready_wait"}:
         return [(f"GATEPASS_{name.upper()}_SECONDS", "seconds")]
     kinds = {"partitions": "int", "replication": "int", "web_port": "int",
              "home": "path", "scope_file": "path"}

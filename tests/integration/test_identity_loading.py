@@ -183,7 +183,10 @@ class Observed:
 @pytest.fixture(scope="module")
 def observed(kafka_bootstrap: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
-    with running_stack(kafka_bootstrap, tmp_path_factory.mktemp("loading")) as stack:
+    # ready_wait=0: a starting worker answers at once (state_not_ready) instead of holding
+    # intents while it loads; the default hold is covered by the scale-out test.
+    with running_stack(kafka_bootstrap, tmp_path_factory.mktemp("loading"),
+                       ready_wait=timedelta(0)) as stack:
         settings = stack.settings
         produce_seconds = _preload_principals(settings, PRELOAD)
         agent, owner = f"loading-bot-{uuid.uuid4().hex[:6]}", f"owner-{uuid.uuid4().hex[:6]}"

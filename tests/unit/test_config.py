@@ -254,3 +254,14 @@ def test_dedupe_horizon_outlives_every_pass_and_every_fresh_intent(
 
 def test_default_dedupe_horizon() -> None:
     assert Settings().dedupe_horizon == timedelta(minutes=5 + 2 + 5, seconds=30)
+
+
+@pytest.mark.parametrize("raw", ["-1", "601", "nan"])
+def test_ready_wait_out_of_range_is_a_config_error(raw: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load({"GATEPASS_READY_WAIT_SECONDS": raw})
+    assert err.value.key == "ready_wait"
+
+
+def test_ready_wait_zero_disables_the_start_up_hold() -> None:
+    assert Settings.load({"GATEPASS_READY_WAIT_SECONDS": "0"}).ready_wait.total_seconds() == 0

@@ -14,6 +14,7 @@ turns a re-delivery into the same verdict.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -136,10 +137,17 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         for r in records:
             await app.producer.send(r.topic, r.key, r.value, r.partition, None, None)
 
+    hold_until = time.monotonic() + settings.ready_wait.total_seconds()
+
     @app.agent(intents)
     async def decide_intents(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
+            if not rt.loader.ready and time.monotonic() < hold_until:
+                # Just started: hold (not deny) while identity loads, up to ready_wait.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(rt.loader.wait_ready(),
+                                           hold_until - time.monotonic())
             out = rt.pipeline.on_intent(msg.key, msg.value, partition=msg.partition,
                                         offset=msg.offset, memo=decided_view)
             if out.remember is not None:
