@@ -190,6 +190,11 @@ class KeyStore:
         return self._path
 
     @property
+    def active_since(self) -> datetime:
+        """When the active key was created (for key-age monitoring)."""
+        return next(r.created_at for r in self._records if r.retired_at is None)
+
+    @property
     def active(self) -> SigningKey:
         """The key that signs new passes."""
         return self._active

@@ -33,10 +33,13 @@ from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.lifecycle_fanout import LifecycleFanout
 from gatepass.worker.memo import ExpiryIndex
+from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
 from gatepass.worker.pipeline import Outgoing, Pipeline
 from gatepass.worker.policy import load_scope_policy
 
-__all__ = ["Runtime", "create_app"]
+__all__ = ["STALL_AFTER_SECONDS", "Runtime", "create_app"]
+
+STALL_AFTER_SECONDS = 30.0  # lag without a single decision this long: /healthz says stalled
 
 log = logging.getLogger("gatepass.worker")
 
@@ -79,9 +82,7 @@ class Runtime:
         self.pipeline = Pipeline(settings=settings, schemas=self.schemas, policy=self.policy,
                                  issuer=self.issuer, identity=self.identity,
                                  ready=lambda: self.loader.ready, worker=self.name)
-        self.decisions = 0
-        self.duplicates = 0
-        self.dead_letters = 0
+        self.metrics = WorkerMetrics()
         self.keys_published = False
 
 
@@ -133,8 +134,12 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                         key_type=bytes, value_type=bytes)
     decided_view, alerted_view = _BytesKeyed(decided), _BytesKeyed(alerted)
 
-    async def send(records: list[Outgoing]) -> None:
+    metrics = rt.metrics
+
+    async def send(records: list[Outgoing], source: str = "") -> None:
         for r in records:
+            if r.topic == t.dead_letter:
+                metrics.dead_letters.labels(topic=source).inc()
             await app.producer.send(r.topic, r.key, r.value, r.partition, None, None)
 
     hold_until = time.monotonic() + settings.ready_wait.total_seconds()
@@ -157,10 +162,12 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             for old in expiry.due(msg.partition, time.time()):
                 if old in decided:
                     del decided[old]  # a tombstone in this partition's changelog
-            await send(out.records)
-            rt.decisions += 1
-            rt.duplicates += out.duplicate
-            rt.dead_letters += out.intent_id is None
+            await send(out.records, t.intents)
+            if out.duplicate:
+                metrics.redelivered.inc()
+            elif out.intent_id is not None:
+                metrics.observe_decision(out.decision, out.reasons, out.requested_at,
+                                         out.issued)
 
     @app.agent(orphan_checks)
     async def raise_orphan_alerts(stream: Any) -> None:
@@ -172,7 +179,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 memo=alerted_view)
             if remember is not None:
                 alerted[remember[0].encode()] = remember[1]
-            await send(records)
+                trigger = rt.schemas.orphan_alert.decode(remember[1])["trigger"]
+                metrics.orphan_alerts.labels(trigger=trigger).inc()
+            await send(records, t.orphan_checks)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
@@ -187,7 +196,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def flush() -> None:
         await app.producer.flush()
 
-    fanout = LifecycleFanout(settings, rt.loader, rt.pipeline, send, flush)
+    async def send_lifecycle(records: list[Outgoing]) -> None:
+        await send(records, t.identity)
+
+    fanout = LifecycleFanout(settings, rt.loader, rt.pipeline, send_lifecycle, flush)
 
     @app.task
     async def fan_out_lifecycle() -> None:
@@ -206,9 +218,36 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def jwks(web: Any, request: Any) -> Any:
         return web.json(rt.keystore.jwks(now=datetime.now(UTC)))
 
+    async def intent_lag() -> dict[int, int]:
+        lag: dict[int, int] = {}
+        consumer = app.consumer
+        for tp in consumer.assignment() if consumer else ():
+            if tp.topic != t.intents:
+                continue
+            position = await consumer.position(tp)
+            highwater = consumer.highwater(tp)
+            if position is not None and highwater is not None:
+                lag[tp.partition] = max(0, highwater - position)
+        return lag
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        metrics.identity_records.set(len(rt.identity))
+        metrics.identity_ready.set(1 if rt.loader.ready else 0)
+        metrics.remembered.set(len(expiry))
+        metrics.key_age.set((datetime.now(UTC) - rt.keystore.active_since).total_seconds())
+        metrics.lag.clear()
+        for partition, lag in (await intent_lag()).items():
+            metrics.lag.labels(topic=t.intents, partition=str(partition)).set(lag)
+        return web.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "alive", "worker": rt.name})
+        """Alive, unless intents wait on our partitions and none was decided for a while."""
+        lag = sum((await intent_lag()).values())
+        if metrics.stalled(lag, after=STALL_AFTER_SECONDS):
+            return web.json({"status": "stalled", "worker": rt.name, "lag": lag}, status=503)
+        return web.json({"status": "alive", "worker": rt.name, "lag": lag})
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
@@ -218,9 +257,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         body = {"ready": ready, "identity_loaded": rt.loader.ready,
                 "keys_published": rt.keys_published,
                 "assigned_partitions": assigned, "identities": len(rt.identity),
-                "policy_version": rt.policy.version, "decisions": rt.decisions,
-                "duplicates": rt.duplicates, "dead_letters": rt.dead_letters,
-                "remembered_intents": len(expiry)}
+                "policy_version": rt.policy.version, "remembered_intents": len(expiry)}
         return web.json(body, status=200 if ready else 503)
 
     return app, rt

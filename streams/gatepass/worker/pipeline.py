@@ -65,6 +65,8 @@ class IntentOutcome:
     reasons: tuple[str, ...] = ()
     intent_id: str | None = None
     duplicate: bool = False
+    requested_at: datetime | None = None
+    issued: bool = False  # a new pass was signed (not a redelivery's re-signed one)
 
 
 def _now_ms(clock: Callable[[], datetime]) -> datetime:
@@ -149,6 +151,7 @@ class Pipeline:
                                         partition))
         out.remember = (intent.intent_id, encoded)
         out.decision, out.reasons = result.decision.value, tuple(r.value for r in result.reasons)
+        out.requested_at, out.issued = intent.requested_at, issued is not None
         return out
 
     def _misplaced(self, intent: Intent, key: bytes | None, partition: int) -> str | None:

@@ -1,0 +1,79 @@
+"""What a worker exposes at /metrics (Prometheus text format) and how it judges its health.
+
+One registry per worker (not the process-global default), so what is exposed is exactly
+what this module declares. Names follow Prometheus conventions: `gatepass_` prefix, base
+units (seconds), `_total` for counters.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE", "WorkerMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4"  # the exposition format; its text is ASCII
+# Decision latency buckets (seconds): a verdict is expected in milliseconds.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.decisions = Counter(
+            "gatepass_decisions", "Verdicts decided, by decision and reason code.",
+            ["decision", "reason"], registry=r)
+        self.redelivered = Counter(
+            "gatepass_redelivered_intents", "Intents answered again from remembered verdicts.",
+            registry=r)
+        self.decision_latency = Histogram(
+            "gatepass_decision_latency_seconds",
+            "From the intent's requested_at to its verdict being handed to the producer.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.dead_letters = Counter(
+            "gatepass_dead_letters", "Records sent to the dead-letter topic, by source topic.",
+            ["topic"], registry=r)
+        self.passes_issued = Counter(
+            "gatepass_passes_issued", "Signed passes issued (redeliveries not counted).",
+            registry=r)
+        self.orphan_alerts = Counter(
+            "gatepass_orphan_alerts", "Orphan alerts raised, by trigger.", ["trigger"],
+            registry=r)
+        self.identity_records = Gauge(
+            "gatepass_identity_state_size", "Agents and principals in this worker's view.",
+            registry=r)
+        self.identity_ready = Gauge(
+            "gatepass_identity_ready", "1 once the identity view has loaded, else 0.",
+            registry=r)
+        self.key_age = Gauge(
+            "gatepass_signing_key_age_seconds", "Age of the active signing key.", registry=r)
+        self.remembered = Gauge(
+            "gatepass_remembered_intents", "Decided intents kept for redelivery.", registry=r)
+        self.lag = Gauge(
+            "gatepass_consumer_lag", "Intents not yet read, per assigned partition.",
+            ["topic", "partition"], registry=r)
+        self.last_progress = time.monotonic()
+
+    def observe_decision(self, decision: str, reasons: tuple[str, ...],
+                         requested_at: datetime | None, issued: bool) -> None:
+        for reason in reasons:
+            self.decisions.labels(decision=decision, reason=reason).inc()
+        if requested_at is not None:
+            self.decision_latency.observe(
+                max(0.0, (datetime.now(UTC) - requested_at).total_seconds()))
+        if issued:
+            self.passes_issued.inc()
+        self.last_progress = time.monotonic()
+
+    def stalled(self, total_lag: int, *, after: float) -> bool:
+        """Records wait on assigned partitions but none was processed for `after` seconds.
+
+        A consumer that stopped fetching (a known faust failure mode) looks alive otherwise.
+        """
+        return total_lag > 0 and time.monotonic() - self.last_progress > after
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
