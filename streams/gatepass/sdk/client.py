@@ -46,6 +46,9 @@ __all__ = [
 
 SDK_TIMEOUT = "sdk_timeout"
 SDK_PUBLISH_FAILED = "sdk_publish_failed"
+# librdkafka logs connection churn at info level to stderr, into the agent's own output;
+# warnings and errors still show.
+_QUIET = {"log_level": 4}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -105,9 +108,9 @@ class GatepassClient:
         self._pending: dict[str, tuple[Future[Verdict], float]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+        self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", **_QUIET,
                                    "enable.idempotence": True, "linger.ms": 1})
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused",
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused", **_QUIET,
                                    "enable.auto.commit": False, "fetch.wait.max.ms": 10,
                                    "fetch.min.bytes": 1})
         try:
@@ -287,7 +290,7 @@ class LifecyclePublisher:
                  topic_prefix: str = DEFAULT_TOPIC_PREFIX) -> None:
         self._topic = TopicNames(topic_prefix).identity
         self._codec = schemas().lifecycle
-        self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+        self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", **_QUIET,
                                    "enable.idempotence": True})
         self._errors: list[str] = []
         try:
