@@ -102,6 +102,7 @@ class Settings:
     # answers them state_not_ready (a worker joining the group takes partitions at once).
     ready_wait: timedelta = DEFAULT_READY_WAIT
     log_level: str = "info"
+    log_format: str = "json"  # json lines (default) or text for humans
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -121,6 +122,10 @@ class Settings:
             raise ConfigError("intent_max_age", "must be positive")
         if self.intent_max_skew < timedelta(0):
             raise ConfigError("intent_max_skew", "must not be negative")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
+            raise ConfigError("log_level", "must be debug, info, warning, error or critical")
+        if self.log_format not in {"json", "text"}:
+            raise ConfigError("log_format", "must be json or text")
         if not timedelta(0) <= self.ready_wait <= timedelta(minutes=10):
             raise ConfigError("ready_wait", "must be between 0 and 10 minutes")
 

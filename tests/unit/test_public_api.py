@@ -15,7 +15,7 @@ from gatepass import errors
 from gatepass.errors import GatepassError
 
 PACKAGES = ["gatepass.core", "gatepass.sdk", "gatepass.credentials", "gatepass.codec",
-            "gatepass.transport", "gatepass.worker", "gatepass.errors"]
+            "gatepass.transport", "gatepass.worker", "gatepass.errors", "gatepass.export"]
 
 
 def defined_in(module: ModuleType, value: Any) -> bool:

@@ -21,6 +21,7 @@ from gatepass.errors import CredentialError
 __all__ = [
     "cmd_agent_status",
     "cmd_demo",
+    "cmd_export",
     "cmd_intent",
     "cmd_jwks",
     "cmd_kafka",
@@ -183,3 +184,12 @@ def cmd_tail(ns: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_export(ns: argparse.Namespace, settings: Settings) -> int:
+    from gatepass.export.reader import export_ocsf, export_topic
+
+    count = export_ocsf(settings, ns.source, follow=ns.follow, limit=ns.max,
+                        to_topic=ns.to_topic, out=sys.stdout)
+    if ns.to_topic:
+        print(f"wrote {count} event{'' if count == 1 else 's'} to {export_topic(settings)}",
+              file=sys.stderr)
+    return 0

@@ -34,6 +34,16 @@ def _decimal(text: str) -> Decimal:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatepass", description=(
         "Runtime authorization for AI agents: every action checked when it happens."))
@@ -104,8 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tail", help="print records of a topic readably")
     t.add_argument("topic", choices=["verdicts", "denials", "orphans", "audit", "dead-letter"])
     t.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
-    t.add_argument("--max", type=int, default=0, help="stop after N records")
+    t.add_argument("--max", type=_count, default=0, help="stop after N records (0: all)")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    x = sub.add_parser("export", help="print denials and orphan alerts for a SIEM (JSON Lines)")
+    x.add_argument("format", choices=["ocsf"], help="OCSF events in CloudEvents envelopes")
+    x.add_argument("--from", dest="source", choices=["denials", "orphans", "both"],
+                   default="both", help="which records to export (default: both)")
+    x.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
+    x.add_argument("--max", type=_count, default=0, help="stop after N events (0: all)")
+    x.add_argument("--to-topic", action="store_true",
+                   help="also write the events to <prefix>ocsf-events (JSON, created if missing)")
     return p
 
 

@@ -82,7 +82,8 @@ def tail(settings: Settings, which: str, *, follow: bool, limit: int, as_json: b
             tps.append(TopicPartition(topic, p, low))
         consumer.assign(tps)
         count = 0
-        done = {p for p, end in ends.items() if end == 0}
+        # A partition with nothing left to read (empty, or every record past retention).
+        done = {tp.partition for tp in tps if tp.offset >= ends[tp.partition]}
         while follow or len(done) < len(ends):
             msg = consumer.poll(idle_timeout)
             if msg is None:
@@ -99,7 +100,8 @@ def tail(settings: Settings, which: str, *, follow: bool, limit: int, as_json: b
                           f"{exc.code})\n")
                 continue
             if as_json:
-                rec.pop("credential", None)  # a bearer pass is not for terminals and logs
+                if which == "verdicts":
+                    rec.pop("credential", None)  # a bearer pass is not for terminals and logs
                 out.write(dumps(rec) + "\n")
             else:
                 out.write(_printable(fmt(rec)) + "\n")

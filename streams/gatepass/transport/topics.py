@@ -7,6 +7,7 @@ co-partitioning, so start-up refuses it with a clear error instead of deciding w
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from gatepass.errors import BrokerError, ConfigError
 __all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
 
 _DAY_MS = 24 * 3600 * 1000
+# librdkafka's own log lines go through Python logging (JSON, redacted), not raw to stderr.
+KAFKA_LOG = logging.getLogger("gatepass.kafka")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap, "socket.timeout.ms": 10000})
+    return AdminClient({"bootstrap.servers": settings.bootstrap, "socket.timeout.ms": 10000,
+                        "logger": KAFKA_LOG})  # type: ignore[dict-item]  # a Logger is allowed
 
 
 def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:

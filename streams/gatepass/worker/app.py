@@ -29,6 +29,7 @@ from gatepass.codec.avro import SchemaSet, schemas
 from gatepass.config import Settings
 from gatepass.core import IdentityState, ScopePolicy
 from gatepass.credentials import KeyStore, PassIssuer
+from gatepass.logs import decision_log_fields
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.lifecycle_fanout import LifecycleFanout
@@ -163,6 +164,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 if old in decided:
                     del decided[old]  # a tombstone in this partition's changelog
             await send(out.records, t.intents)
+            if out.record is not None:
+                log.info("decision", extra=decision_log_fields(out.record))
             if out.duplicate:
                 metrics.redelivered.inc()
             elif out.intent_id is not None:

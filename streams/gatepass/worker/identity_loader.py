@@ -20,6 +20,7 @@ from gatepass.codec.records import lifecycle_from_record
 from gatepass.config import Settings
 from gatepass.core import IdentityState
 from gatepass.errors import BrokerError, DecodeError
+from gatepass.transport.topics import KAFKA_LOG
 
 __all__ = ["IdentityLoader"]
 
@@ -84,8 +85,9 @@ class IdentityLoader:
 
     async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
         def lookup() -> list[int]:
-            meta = AdminClient({"bootstrap.servers": self.settings.bootstrap}) \
-                .list_topics(topic, timeout=30).topics.get(topic)
+            admin = AdminClient({"bootstrap.servers": self.settings.bootstrap,
+                                 "logger": KAFKA_LOG})  # type: ignore[dict-item]
+            meta = admin.list_topics(topic, timeout=30).topics.get(topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 raise BrokerError(f"identity topic {topic} not found")
             return sorted(meta.partitions)

@@ -18,6 +18,7 @@ from gatepass.config import Settings
 from gatepass.credentials import KeyStore
 from gatepass.errors import BrokerError, DecodeError
 from gatepass.transport import watermarks
+from gatepass.transport.topics import KAFKA_LOG
 
 __all__ = ["published_keys", "sync_public_keys"]
 
@@ -27,7 +28,7 @@ def published_keys(settings: Settings, schemas: SchemaSet,
     """kid -> PublicKey record, as the keys topic holds them now (tombstones applied)."""
     topic = settings.topics.keys
     consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "gatepass-keys",
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "logger": KAFKA_LOG})
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -67,7 +68,7 @@ def sync_public_keys(settings: Settings, schemas: SchemaSet, keystore: KeyStore,
     current = published_keys(settings, schemas)
     active = keystore.active.kid
     producer = Producer({"bootstrap.servers": settings.bootstrap, "acks": "all",
-                         "enable.idempotence": True})
+                         "enable.idempotence": True, "logger": KAFKA_LOG})
     written = removed = 0
     wanted = set()
     for jwk in keystore.jwks(now=now)["keys"]:

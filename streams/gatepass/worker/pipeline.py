@@ -67,6 +67,7 @@ class IntentOutcome:
     duplicate: bool = False
     requested_at: datetime | None = None
     issued: bool = False  # a new pass was signed (not a redelivery's re-signed one)
+    record: dict[str, Any] | None = None  # the DecisionRecord of a new decision (no token)
 
 
 def _now_ms(clock: Callable[[], datetime]) -> datetime:
@@ -152,6 +153,7 @@ class Pipeline:
         out.remember = (intent.intent_id, encoded)
         out.decision, out.reasons = result.decision.value, tuple(r.value for r in result.reasons)
         out.requested_at, out.issued = intent.requested_at, issued is not None
+        out.record = record
         return out
 
     def _misplaced(self, intent: Intent, key: bytes | None, partition: int) -> str | None:
