@@ -6,13 +6,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-
 from gatepass.cli.main import dumps
 from gatepass.codec.avro import RecordCodec, schemas
 from gatepass.config import Settings
-from gatepass.errors import BrokerError, DecodeError
-from gatepass.transport import watermarks
+from gatepass.errors import DecodeError
+from gatepass.transport.reader import read_topics
 
 __all__ = ["tail"]
 
@@ -68,49 +66,25 @@ def _views(settings: Settings) -> dict[str, tuple[str, RecordCodec, Callable[...
 def tail(settings: Settings, which: str, *, follow: bool, limit: int, as_json: bool,
          out: TextIO, idle_timeout: float = 1.0) -> int:
     topic, codec, fmt = _views(settings)[which]
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "gatepass-tail",
-                         "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise BrokerError(f"topic {topic} does not exist")
-        ends: dict[int, int] = {}
-        tps = []
-        for p in meta.partitions:
-            low, high = watermarks(consumer, topic, p)
-            ends[p] = high
-            tps.append(TopicPartition(topic, p, low))
-        consumer.assign(tps)
-        count = 0
-        # A partition with nothing left to read (empty, or every record past retention).
-        done = {tp.partition for tp in tps if tp.offset >= ends[tp.partition]}
-        while follow or len(done) < len(ends):
-            msg = consumer.poll(idle_timeout)
-            if msg is None:
-                continue
-            if msg.error():
-                continue
-            partition, offset = msg.partition() or 0, msg.offset() or 0
-            if offset + 1 >= ends.get(partition, 0):
-                done.add(partition)
-            try:
-                rec = codec.decode(msg.value())
-            except DecodeError as exc:
-                out.write(f"(undecodable record at {topic}[{msg.partition()}]@{msg.offset()}: "
-                          f"{exc.code})\n")
-                continue
-            if as_json:
-                if which == "verdicts":
-                    rec.pop("credential", None)  # a bearer pass is not for terminals and logs
-                out.write(dumps(rec) + "\n")
-            else:
-                out.write(_printable(fmt(rec)) + "\n")
-            out.flush()
-            count += 1
-            if limit and count >= limit:
-                break
-        return count
-    except KafkaException as exc:
-        raise BrokerError(f"cannot read {topic}: {exc}") from exc
-    finally:
-        consumer.close()
+    count = 0
+    records = read_topics(settings.bootstrap, [topic], follow=follow,
+                          idle_timeout=idle_timeout, group="gatepass-tail")
+    for raw in records:
+        try:
+            rec = codec.decode(raw.value)
+        except DecodeError as exc:
+            out.write(f"(undecodable record at {topic}[{raw.partition}]@{raw.offset}: "
+                      f"{exc.code})\n")
+            continue
+        if as_json:
+            if which == "verdicts":
+                rec.pop("credential", None)  # a bearer pass is not for terminals and logs
+            out.write(dumps(rec) + "\n")
+        else:
+            out.write(_printable(fmt(rec)) + "\n")
+        out.flush()
+        count += 1
+        if limit and count >= limit:
+            records.close()  # stops the reader and closes its consumer
+            break
+    return count

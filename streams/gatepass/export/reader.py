@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, Message, Producer
 
 from gatepass.codec.avro import RecordCodec, schemas
 from gatepass.config import Settings
@@ -31,7 +29,9 @@ from gatepass.export.ocsf import (
     orphan_to_ocsf,
     to_cloudevent,
 )
-from gatepass.transport import partition_for, watermarks
+from gatepass.transport import TopicSpec, ensure_topics, partition_for
+from gatepass.transport.reader import read_topics
+from gatepass.transport.topics import admin_client
 
 __all__ = ["EXPORT_SOURCES", "ExportTopicWriter", "cloudevent_source", "export_ocsf",
            "export_topic"]
@@ -86,46 +86,17 @@ def _read(settings: Settings, sources: Sequence[_Source], *, follow: bool,
           idle_timeout: float) -> Generator[tuple[_Source, dict[str, Any]], None, None]:
     """Decoded records of every source topic, from the beginning to the ends seen at start."""
     by_topic = {s.topic: s for s in sources}
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "gatepass-export",
-                         "enable.auto.commit": False})
-    try:
-        ends: dict[tuple[str, int], int] = {}
-        done: set[tuple[str, int]] = set()
-        assignment = []
-        for topic in by_topic:
-            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-            if meta is None or meta.error is not None:
-                raise BrokerError(f"topic {topic} does not exist")
-            for p in meta.partitions:
-                low, high = watermarks(consumer, topic, p)
-                ends[(topic, p)] = high
-                if low >= high:  # empty, or every record already deleted by retention
-                    done.add((topic, p))
-                assignment.append(TopicPartition(topic, p, low))
-        consumer.assign(assignment)
-        while follow or len(done) < len(ends):
-            msg = consumer.poll(idle_timeout)
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.fatal():
-                    raise BrokerError(f"cannot read {msg.topic()}: {error}")
-                continue
-            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-            if offset + 1 >= ends.get((topic, partition), 0):
-                done.add((topic, partition))
+    records = read_topics(settings.bootstrap, list(by_topic), follow=follow,
+                          idle_timeout=idle_timeout, group="gatepass-export")
+    with closing(records):
+        for raw in records:
             try:
-                record = by_topic[topic].codec.decode(msg.value())
+                record = by_topic[raw.topic].codec.decode(raw.value)
             except DecodeError as exc:
-                log.warning("skipped undecodable record at %s[%d]@%d: %s", topic, partition,
-                            offset, exc.code)
+                log.warning("skipped undecodable record at %s[%d]@%d: %s", raw.topic,
+                            raw.partition, raw.offset, exc.code)
                 continue
-            yield by_topic[topic], record
-    except KafkaException as exc:
-        raise BrokerError(f"cannot read {', '.join(by_topic)}: {exc}") from exc
-    finally:
-        consumer.close()
+            yield by_topic[raw.topic], record
 
 
 class ExportTopicWriter:
@@ -140,37 +111,11 @@ class ExportTopicWriter:
                                    "enable.idempotence": True, "linger.ms": 5})
 
     def _ensure(self, settings: Settings) -> int:
-        admin = AdminClient({"bootstrap.servers": settings.bootstrap,
-                             "socket.timeout.ms": 10000})
-        try:
-            meta = admin.list_topics(timeout=self._timeout).topics.get(self.topic)
-            if meta is None:
-                futures = admin.create_topics([NewTopic(
-                    self.topic, num_partitions=settings.partitions,
-                    replication_factor=settings.replication,
-                    config={"retention.ms": str(EXPORT_TOPIC_RETENTION_MS)})],
-                    operation_timeout=self._timeout)
-                for future in futures.values():
-                    try:
-                        future.result()
-                    except KafkaException as exc:
-                        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                            raise
-            return self._await_leaders(admin)
-        except KafkaException as exc:
-            raise BrokerError(f"cannot create topic {self.topic}: {exc}") from exc
-
-    def _await_leaders(self, admin: AdminClient) -> int:
-        """A new topic's partitions have no leader for a moment; produce only once they do."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            meta = admin.list_topics(self.topic, timeout=self._timeout).topics.get(self.topic)
-            if meta is not None and meta.error is None and meta.partitions and all(
-                    p.leader >= 0 for p in meta.partitions.values()):
-                return len(meta.partitions)
-            if time.monotonic() > deadline:
-                raise BrokerError(f"topic {self.topic} has no partition leaders")
-            time.sleep(0.05)
+        spec = TopicSpec(self.topic, settings.partitions,
+                         {"retention.ms": str(EXPORT_TOPIC_RETENTION_MS)}, copartitioned=False)
+        ensure_topics(settings, timeout=self._timeout, specs=[spec])
+        meta = admin_client(settings).list_topics(self.topic, timeout=self._timeout)
+        return len(meta.topics[self.topic].partitions)
 
     def write(self, event_id: str, line: str) -> None:
         """Queue one event: key = its id, value = its JSON, partition = murmur2 of the key."""

@@ -54,14 +54,18 @@ def admin_client(settings: Settings) -> AdminClient:
                         "logger": KAFKA_LOG})  # type: ignore[dict-item]  # a Logger is allowed
 
 
-def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
-    """Create missing topics; return the names created. Raises on a layout mismatch."""
+def ensure_topics(settings: Settings, *, timeout: float = 30.0,
+                  specs: list[TopicSpec] | None = None) -> list[str]:
+    """Create missing topics (default: every topic of the layout); return the names created.
+
+    Raises ConfigError when an existing co-partitioned topic has another partition count.
+    """
     admin = admin_client(settings)
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise BrokerError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
-    specs = topic_specs(settings)
+    specs = topic_specs(settings) if specs is None else specs
     for spec in specs:
         meta = existing.get(spec.name)
         if meta is not None and spec.copartitioned and len(meta.partitions) != spec.partitions:
@@ -70,6 +74,7 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
                 f"{spec.partitions} are configured; co-partitioned topics must match"))
     missing = [s for s in specs if s.name not in existing]
     if not missing:
+        _wait_for_leaders(admin, [s.name for s in specs], timeout)
         return []
     futures = admin.create_topics(
         [NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication,

@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from gatepass.codec.avro import SchemaSet
@@ -338,6 +338,3 @@ class Pipeline:
             "error_code": code, "error": str(exc) or type(exc).__name__, "key": key,
             "value": value, "received_at": now}), None)
 
-
-def expired(record_decided_at: datetime, now: datetime, horizon: timedelta) -> bool:
-    return now - record_decided_at > horizon
