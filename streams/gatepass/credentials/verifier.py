@@ -304,6 +304,23 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# Encodings of the Ed25519 points of small order (and their non-canonical aliases), compared
+# with the sign bit cleared, as libsodium's ge25519_has_small_order does.
+_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+))
+
+
+def _small_order(raw: bytes) -> bool:
+    return raw[:31] + bytes([raw[31] & 0x7F]) in _SMALL_ORDER
+
+
 def _parse_jwks(jwks: Mapping[str, Any]) -> tuple[dict[str, Ed25519PublicKey], set[str]]:
     """Usable Ed25519 keys by kid, and the kids of other keys (RSA, EC...) we will not use."""
     keys_list = jwks.get("keys") if isinstance(jwks, Mapping) else None
@@ -336,6 +353,10 @@ def _parse_jwks(jwks: Mapping[str, Any]) -> tuple[dict[str, Ed25519PublicKey], s
             raw = b64url_decode(x)
             if len(raw) != 32:
                 raise ValueError("x is not 32 bytes")
+            if _small_order(raw):
+                # R = identity, S = 0 verifies under such a key for ANY message: whoever can
+                # slip one into a JWKS could forge passes without a private key.
+                raise ValueError("small-order point")
             keys[kid] = Ed25519PublicKey.from_public_bytes(raw)
         except ValueError as exc:
             raise JwksError(f"kid {kid!r}: bad Ed25519 public key ({exc})") from exc

@@ -477,3 +477,19 @@ def test_authorization_details_cannot_widen_the_scope(target: Target) -> None:
     token = forge(target.header(), claims, target.sign_with_real_key)
     with pytest.raises(ScopeMismatchError):
         target.verify(token, amount=Decimal("999"))
+
+
+def test_small_order_key_in_jwks_rejected() -> None:
+    """A JWKS entry holding a small-order point (here the identity) would let R=identity,
+    S=0 verify for any message: the key is refused when the JWKS is loaded."""
+    import pytest as _pytest
+
+    from gatepass.credentials import PassVerifier
+    from gatepass.credentials._jose import b64url_encode, ed25519_thumbprint
+    from gatepass.errors import JwksError
+
+    identity = bytes([1]) + bytes(31)
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(identity),
+           "kid": ed25519_thumbprint(identity)}
+    with _pytest.raises(JwksError):
+        PassVerifier({"keys": [jwk]}, audience="payments")
