@@ -85,6 +85,9 @@ def canonical_json(obj: Any) -> bytes:
     ).encode("utf-8")
 
 
+_MAX_EXPONENT = 40  # far beyond any amount a pass can carry (the schema has 18 digits)
+
+
 def decimal_string(value: Decimal) -> str:
     """Plain decimal notation without trailing zeros: 120, 120.00 and 1.2E+2 all give "120".
 
@@ -94,6 +97,10 @@ def decimal_string(value: Decimal) -> str:
         raise TypeError(f"amount must be a Decimal, not {type(value).__name__}")
     if not value.is_finite():
         raise ValueError("amount must be finite")
+    if not -_MAX_EXPONENT <= value.adjusted() <= _MAX_EXPONENT or \
+            value.as_tuple().exponent < -_MAX_EXPONENT:  # type: ignore[operator]
+        # "1e999999999" would format as a gigabyte of zeros; no pass covers such an amount.
+        raise ValueError("amount is out of range")
     text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")

@@ -42,16 +42,30 @@ class ProcurementApi:
                 return
 
             def do_POST(self) -> None:
-                status, body = api.handle(self.path, self.headers.get("Authorization", ""),
-                                          self.rfile.read(min(int(
-                                              self.headers.get("Content-Length") or 0),
-                                              _MAX_BODY)))
+                length = self.headers.get("Content-Length", "")
+                if not length.isdigit() or int(length) > _MAX_BODY:
+                    # Never read "to the end" or past our limit on a client's say-so.
+                    self.reply(400, {"error": "bad_request",
+                                     "message": f"Content-Length must be 0-{_MAX_BODY}"})
+                    return
+                self.reply(*api.handle(self.path, self.headers.get("Authorization", ""),
+                                       self.rfile.read(int(length))))
+
+            def not_allowed(self) -> None:
+                self.reply(405, {"error": "method_not_allowed", "message": "POST only"})
+
+            do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = not_allowed
+
+            def reply(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if status == 405:
+                    self.send_header("Allow", "POST")
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -80,7 +94,7 @@ class ProcurementApi:
             body = json.loads(raw)
             vendor, currency = str(body["vendor"]), str(body["currency"])
             amount = Decimal(str(body["amount"]))
-        except (ValueError, KeyError, TypeError, InvalidOperation):
+        except (ValueError, KeyError, TypeError, InvalidOperation, RecursionError):
             return 400, {"error": "bad_request",
                          "message": "body must be JSON with vendor, amount, currency"}
         scheme, _, token = authorization.partition(" ")
