@@ -43,3 +43,9 @@ integration: install
 clean:
 	-$(BIN)/gatepass kafka down
 	rm -rf .gatepass/brokers .gatepass/worker .gatepass/logs
+
+# The full fault run (docs: tests/faults/test_faults.py): 100,000 intents through worker
+# kills, broker restarts, a scale-out and offboardings, on a broker of its own.
+.PHONY: faults
+faults: install
+	GATEPASS_FAULT_INTENTS=100000 $(BIN)/python -m pytest -m faults tests/faults -s
