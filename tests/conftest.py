@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from support import broker
+
+# CI runs every property and fuzz test on the same derived examples (a red CI run can be
+# reproduced; a green one is not luck), without per-example deadlines on a shared machine.
+# Locally, Hypothesis explores new examples on each run.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,9 @@ def canonical_json(obj: Any) -> bytes:
     ).encode("utf-8")
 
 
-_MAX_EXPONENT = 40  # far beyond any amount a pass can carry (the schema has 18 digits)
+# Digits either side of the point that an amount may need in plain notation: far beyond any
+# amount a pass can carry (the schema has 18 digits), small enough to format harmlessly.
+_MAX_EXPONENT = 1000
 
 
 def decimal_string(value: Decimal) -> str:

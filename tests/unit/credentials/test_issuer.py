@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gatepass.credentials import (
@@ -267,6 +267,15 @@ def test_request_is_frozen() -> None:
 def test_scope_hash_ignores_trailing_zeros(amount: Decimal, extra_zeros: int) -> None:
     sign, digits, exponent = amount.as_tuple()
     assert isinstance(exponent, int)
+    # Amounts needing more than 1000 digits either side of the point match no pass (below).
+    assume(-1000 <= amount.adjusted() <= 1000 and exponent - extra_zeros >= -1000)
     padded = Decimal((sign, (*digits, *(0,) * extra_zeros), exponent - extra_zeros))
     assert padded == amount
     assert scope_hash("pay", "r", padded, "eur") == scope_hash("pay", "r", amount, "EUR")
+
+
+@pytest.mark.parametrize("amount", ["1e999999999", "1e-999999999", "1E+1001"])
+def test_scope_hash_refuses_amounts_too_long_to_write_out(amount: str) -> None:
+    """'1e999999999' in plain notation is a gigabyte of digits: refused, never formatted."""
+    with pytest.raises(ValueError, match="out of range"):
+        scope_hash("pay", "r", Decimal(amount), "EUR")
