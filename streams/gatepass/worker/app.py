@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 
 from gatepass.codec.avro import SchemaSet, schemas
 from gatepass.config import Settings
@@ -141,7 +142,25 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         for r in records:
             if r.topic == t.dead_letter:
                 metrics.dead_letters.labels(topic=source).inc()
-            await app.producer.send(r.topic, r.key, r.value, r.partition, None, None)
+            await send_one(r)
+
+    async def send_one(r: Outgoing) -> None:
+        """Retry until the record is queued: while the broker is away the agent waits.
+
+        An exception here would crash the agent, and faust would resume it *after* the
+        event in hand and the events it had buffered, and later commit past them: intents
+        without an answer (seen in the fault suite during a hard broker restart).
+        """
+        delay = 0.1
+        while True:
+            try:
+                await app.producer.send(r.topic, r.key, r.value, r.partition, None, None)
+                return
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("could not queue a record for %s (%s); retrying in %.1fs",
+                            r.topic, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     hold_until = time.monotonic() + settings.ready_wait.total_seconds()
 
