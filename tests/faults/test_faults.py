@@ -18,6 +18,7 @@ facts show an owner status other than "active".
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -180,13 +181,19 @@ def test_every_intent_gets_one_answer_through_faults(tmp_path: Path) -> None:
               f"{sum(result.alerts_per_event.values())} for "
               f"{len(result.alerts_per_event)} (agent, owner event) pairs, repeated "
               f"{len(result.repeated_alerts)}, agents without one "
-              f"{len(result.unalerted_agents)}; {time.monotonic() - t0:.0f}s", flush=True)
+              f"{len(result.unalerted_agents)}; {time.monotonic() - t0:.0f}s",
+              # past pytest's capture: the figures belong in every CI log, pass or fail
+              file=sys.__stderr__, flush=True)
         for iid, seen in list(result.contradicting.items())[:10]:
             print(f"  contradicting {iid} ({stream.agent_of[iid]}): {seen}")
         for key, n in list(result.repeated_alerts.items())[:10]:
             print(f"  repeated alert {key}: {n}")
         if result.lost:
             _explain_lost(settings, result.lost, stream.agent_of)
+        if result.contradicting or result.late_allows or result.repeated_alerts:
+            print(f"  contradicting {len(result.contradicting)}, late ALLOWs "
+                  f"{len(result.late_allows)}, repeated alerts {result.repeated_alerts}",
+                  file=sys.__stderr__, flush=True)
 
         assert not stream.failed, list(stream.failed.items())[:5]
         assert result.lost == [], result.lost[:20]
@@ -233,6 +240,6 @@ def _explain_lost(settings: Settings, lost: list[str], agent_of: dict[str, str])
         for p in range(settings.partitions):
             _, high = consumer.get_watermark_offsets(tps[p], timeout=10)
             print(f"  lost on partition {p}: {by_partition.get(p, 0)}; group committed "
-                  f"{committed.get(p)}, end offset {high}")
+                  f"{committed.get(p)}, end offset {high}", file=sys.__stderr__, flush=True)
     finally:
         consumer.close()
