@@ -7,6 +7,7 @@ what to do with a record that does not decode, is the caller's business.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from gatepass.errors import BrokerError
 from gatepass.transport.offsets import watermarks
+from gatepass.transport.topics import KAFKA_LOG
 
 __all__ = ["RawRecord", "read_topics"]
 
@@ -28,10 +30,13 @@ class RawRecord:
 
 
 def read_topics(bootstrap: str, topics: Sequence[str], *, follow: bool = False,
-                idle_timeout: float = 1.0,
-                group: str = "gatepass-reader") -> Generator[RawRecord, None, None]:
+                idle_timeout: float = 1.0, group: str = "gatepass-reader",
+                timeout: float | None = None) -> Generator[RawRecord, None, None]:
+    """`timeout` bounds the whole read (BrokerError past it); None waits as long as it takes."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False,
+                         "logger": KAFKA_LOG})
     try:
         ends: dict[tuple[str, int], int] = {}
         done: set[tuple[str, int]] = set()
@@ -48,6 +53,8 @@ def read_topics(bootstrap: str, topics: Sequence[str], *, follow: bool = False,
                 assignment.append(TopicPartition(topic, p, low))
         consumer.assign(assignment)
         while follow or len(done) < len(ends):
+            if deadline is not None and time.monotonic() > deadline:
+                raise BrokerError(f"reading {', '.join(topics)} took over {timeout:.0f}s")
             msg = consumer.poll(idle_timeout)
             if msg is None:
                 continue

@@ -30,6 +30,7 @@ from gatepass.codec.avro import SchemaSet, schemas
 from gatepass.config import Settings
 from gatepass.core import IdentityState, ScopePolicy
 from gatepass.credentials import KeyStore, PassIssuer
+from gatepass.errors import BrokerError
 from gatepass.logs import decision_log_fields
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
@@ -229,8 +230,12 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     async def sync_keys() -> None:
         """JWKS file and keys topic follow the key store (retired keys leave after grace)."""
-        await asyncio.get_running_loop().run_in_executor(
-            None, sync_public_keys, settings, rt.schemas, rt.keystore, datetime.now(UTC))
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, sync_public_keys, settings, rt.schemas, rt.keystore, datetime.now(UTC))
+        except BrokerError as exc:  # the next tick retries; until then /readyz says not ready
+            log.warning("public keys not synced: %s", exc)
+            return
         rt.keys_published = True
 
     app.task(sync_keys)

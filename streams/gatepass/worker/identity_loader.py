@@ -13,14 +13,13 @@ import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from gatepass.codec.avro import SchemaSet
 from gatepass.codec.records import lifecycle_from_record
 from gatepass.config import Settings
 from gatepass.core import IdentityState
 from gatepass.errors import BrokerError, DecodeError
-from gatepass.transport.topics import KAFKA_LOG
+from gatepass.transport.topics import admin_client
 
 __all__ = ["IdentityLoader"]
 
@@ -85,9 +84,7 @@ class IdentityLoader:
 
     async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
         def lookup() -> list[int]:
-            admin = AdminClient({"bootstrap.servers": self.settings.bootstrap,
-                                 "logger": KAFKA_LOG})  # type: ignore[dict-item]
-            meta = admin.list_topics(topic, timeout=30).topics.get(topic)
+            meta = admin_client(self.settings).list_topics(topic, timeout=30).topics.get(topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 raise BrokerError(f"identity topic {topic} not found")
             return sorted(meta.partitions)

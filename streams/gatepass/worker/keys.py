@@ -7,17 +7,16 @@ start-up and periodically (a retired key's grace ends while the worker runs).
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from gatepass.codec.avro import SchemaSet
 from gatepass.config import Settings
 from gatepass.credentials import KeyStore
 from gatepass.errors import BrokerError, DecodeError
-from gatepass.transport import watermarks
+from gatepass.transport import read_topics
 from gatepass.transport.topics import KAFKA_LOG
 
 __all__ = ["published_keys", "sync_public_keys"]
@@ -26,38 +25,17 @@ __all__ = ["published_keys", "sync_public_keys"]
 def published_keys(settings: Settings, schemas: SchemaSet,
                    timeout: float = 10.0) -> dict[str, dict[str, Any]]:
     """kid -> PublicKey record, as the keys topic holds them now (tombstones applied)."""
-    topic = settings.topics.keys
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "gatepass-keys",
-                         "enable.auto.commit": False, "logger": KAFKA_LOG})
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise BrokerError(f"keys topic {topic} not found")
-        ends = {}
-        for p in meta.partitions:
-            low, high = watermarks(consumer, topic, p, timeout)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        keys: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            kid = (msg.key() or b"").decode(errors="replace")
-            if msg.value() is None:
-                keys.pop(kid, None)
-            else:
-                try:
-                    keys[kid] = schemas.public_key.decode(msg.value())
-                except DecodeError:
-                    keys.pop(kid, None)
-            if (msg.offset() or 0) + 1 >= ends.get(msg.partition() or 0, 0):
-                ends.pop(msg.partition() or 0, None)
-        return keys
-    finally:
-        consumer.close()
+    keys: dict[str, dict[str, Any]] = {}
+    for raw in read_topics(settings.bootstrap, [settings.topics.keys], idle_timeout=0.2,
+                           group="gatepass-keys", timeout=timeout):
+        kid = (raw.key or b"").decode(errors="replace")
+        try:
+            if raw.value is None:
+                raise DecodeError("tombstone")
+            keys[kid] = schemas.public_key.decode(raw.value)
+        except DecodeError:
+            keys.pop(kid, None)  # retracted (or unreadable, so not trusted)
+    return keys
 
 
 def sync_public_keys(settings: Settings, schemas: SchemaSet, keystore: KeyStore,
