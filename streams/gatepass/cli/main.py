@@ -125,7 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--max", type=_count, default=0, help="stop after N events (0: all)")
     x.add_argument("--to-topic", action="store_true",
                    help="also write the events to <prefix>ocsf-events (JSON, created if missing)")
+
+    # Command groups that live in modules of their own register here; each sets
+    # `handler` on its parsers (see _handler).
+    for register in _EXTENSIONS:
+        register(sub)
     return p
+
+
+# Each: (subparsers) -> None, adding parsers with set_defaults(handler=...).
+_EXTENSIONS: list[Callable[[Any], None]] = []
 
 
 def _settings(ns: argparse.Namespace) -> Settings:
@@ -136,13 +145,21 @@ def _settings(ns: argparse.Namespace) -> Settings:
                          scope_file=getattr(ns, "scope_file", None))
 
 
+def _handler(ns: argparse.Namespace) -> Handler:
+    own: Handler | None = getattr(ns, "handler", None)
+    if own is not None:
+        return own
+    from gatepass.cli import commands
+
+    found: Handler = getattr(commands, "cmd_" + ns.command.replace("-", "_"))
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from gatepass.cli import commands
-
-    handler: Handler = getattr(commands, "cmd_" + ns.command.replace("-", "_"))
+    handler: Handler = _handler(ns)
     try:
         return handler(ns, _settings(ns))
     except GatepassError as exc:
