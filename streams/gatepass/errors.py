@@ -27,6 +27,7 @@ CLI output and HTTP error bodies, so scripts can match on them. Never reuse or r
     │   ├── ScopeMismatchError      scope_mismatch
     │   ├── TokenReplayedError      replayed
     │   └── ReplayCacheFullError    replay_cache_full
+    ├── NotificationError           notification_failed
     ├── BrokerError                 broker_unavailable
     │   └── KafkaInstallError       kafka_install_failed
     └── AuthorizationError          authorization_error
@@ -56,6 +57,7 @@ __all__ = [
     "KafkaInstallError",
     "KeyStoreError",
     "KeyUnknownError",
+    "NotificationError",
     "LifetimeExceededError",
     "RecordInvalidError",
     "ReplayCacheFullError",
@@ -217,6 +219,12 @@ class ReplayCacheFullError(CredentialError):
     """The replay cache is full of unexpired passes; refused rather than risk a replay."""
 
     code = "replay_cache_full"
+
+
+class NotificationError(GatepassError):
+    """An approval notice could not be delivered to its channel (after the channel's retries)."""
+
+    code = "notification_failed"
 
 
 class BrokerError(GatepassError):

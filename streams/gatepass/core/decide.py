@@ -91,7 +91,11 @@ def validate_intent(intent: Intent) -> list[str]:
 
 def decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now: datetime,
            freshness: Freshness, ready: bool) -> DecisionResult:
-    """ALLOW only when every check passes; any error is a DENY `internal_error`."""
+    """ALLOW only when every check passes; any error is a DENY `internal_error`.
+
+    PENDING (reason `pending_approval`) when every check passes but the policy says the
+    owner must approve this one: `gatepass.core.approval.judge` decides the rest.
+    """
     try:
         return _decide(intent, identity, policy, now=now, freshness=freshness, ready=ready)
     except Exception as exc:  # a failing rule must never allow
@@ -152,6 +156,12 @@ def _decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now:
         details.append(scope_problem)
     if reasons:
         return _deny(version, tuple(reasons), facts, "; ".join(details), orphaned=orphaned)
+    why = policy.approval.why(agent.purpose, intent)
+    if why:
+        # Everything else allows it; the owner decides. No pass until they approve.
+        return DecisionResult(decision=Decision.PENDING, reasons=(Reason.PENDING_APPROVAL,),
+                              policy_version=version, facts=facts, detail="; ".join(why),
+                              approval_why=why)
     return DecisionResult(decision=Decision.ALLOW, reasons=(Reason.ALLOWED,),
                           policy_version=version, facts=facts,
                           detail=f"{intent.action} allowed for purpose {agent.purpose!r}")

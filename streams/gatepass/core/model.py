@@ -27,6 +27,8 @@ __all__ = [
 class Decision(StrEnum):
     ALLOW = "ALLOW"
     DENY = "DENY"
+    # Not an answer yet: the owner is asked; exactly one final ALLOW or DENY follows.
+    PENDING = "PENDING"
 
 
 class Reason(StrEnum):
@@ -42,6 +44,16 @@ class Reason(StrEnum):
     OUT_OF_SCOPE = "out_of_scope"
     STATE_NOT_READY = "state_not_ready"
     INTERNAL_ERROR = "internal_error"
+    # Human approval (verdicts): waiting, then approved, denied or expired.
+    PENDING_APPROVAL = "pending_approval"
+    APPROVED = "approved"
+    APPROVAL_DENIED = "approval_denied"
+    APPROVAL_EXPIRED = "approval_expired"
+    # Approval decision events refused (SOC alerts; the request stays as it was).
+    APPROVAL_FORGED = "approval_forged"
+    APPROVAL_REPLAYED = "approval_replayed"
+    APPROVAL_UNKNOWN = "approval_unknown"
+    APPROVER_INACTIVE = "approver_inactive"
 
 
 class AgentStatus(StrEnum):
@@ -128,6 +140,8 @@ class DecisionResult:
     detail: str = ""
     # True when the agent's owner is gone: the SOC gets (at most) one orphan alert for it.
     orphaned: bool = False
+    # PENDING only: why the owner must approve (one human sentence per rule that applied).
+    approval_why: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:

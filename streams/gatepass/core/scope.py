@@ -7,6 +7,12 @@ of scope (default deny).
     [purposes.procurement."purchase_order.create"]
     max_amount = "5000.00"   # optional ceiling, a decimal string (never a float)
     currency = "USD"         # required with max_amount: amounts in other currencies are denied
+    approval_above = "1000.00"  # optional: above this the owner must approve (same currency)
+
+    [approval]               # optional: see gatepass.core.approval
+    always = ["infrastructure"]                       # classes that always need approval
+    classes.infrastructure = ["cloud.provision"]      # action classes
+    delegates."sarah@example.com" = ["cfo@example.com"]  # may approve for that owner
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from gatepass.core.approval import ApprovalRules, Threshold, parse_threshold
 from gatepass.errors import ConfigError
 
 __all__ = ["ActionRule", "ScopePolicy"]
@@ -38,6 +45,7 @@ class ActionRule:
 class ScopePolicy:
     version: str
     purposes: Mapping[str, Mapping[str, ActionRule]]
+    approval: ApprovalRules = field(default_factory=ApprovalRules)
 
     @classmethod
     def from_toml(cls, text: str, *, source: str = "scope policy") -> ScopePolicy:
@@ -49,7 +57,7 @@ class ScopePolicy:
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], *, source: str = "scope policy") -> ScopePolicy:
-        unknown = set(doc) - {"purposes"}
+        unknown = set(doc) - {"purposes", "approval"}
         if unknown:
             # A typo such as [purpose.x] would otherwise silently drop those actions.
             raise ConfigError("scope_file", f"{source}: unknown top-level keys {sorted(unknown)}")
@@ -58,6 +66,7 @@ class ScopePolicy:
             raise ConfigError("scope_file", f"{source}: needs a non-empty [purposes] table")
         purposes: dict[str, dict[str, ActionRule]] = {}
         canonical: dict[str, dict[str, dict[str, str | None]]] = {}
+        thresholds: dict[tuple[str, str], Threshold] = {}
         for purpose, actions in purposes_doc.items():
             if not isinstance(actions, Mapping):
                 raise ConfigError("scope_file", f"{source}: purposes.{purpose} must be a table")
@@ -74,9 +83,17 @@ class ScopePolicy:
                 canonical[purpose][action] = {
                     "max_amount": None if rule.max_amount is None else str(rule.max_amount),
                     "currency": rule.currency}
-        blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+                threshold = parse_threshold(rule_doc, where)
+                if threshold is not None:
+                    thresholds[(purpose, action)] = threshold
+        approval_doc = doc.get("approval", {})
+        if not isinstance(approval_doc, Mapping):
+            raise ConfigError("scope_file", f"{source}: approval must be a table")
+        approval = ApprovalRules.from_mapping(approval_doc, thresholds, source=source)
+        payload = {"purposes": canonical, "approval": approval.canonical()}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         version = "scope-" + hashlib.sha256(blob).hexdigest()[:16]
-        return cls(version=version, purposes=purposes)
+        return cls(version=version, purposes=purposes, approval=approval)
 
     def check(self, purpose: str | None, action: str, amount: Decimal | None,
               currency: str | None) -> str | None:
@@ -99,12 +116,12 @@ class ScopePolicy:
 
 
 def _rule(doc: Mapping[str, Any], where: str) -> ActionRule:
-    unknown = set(doc) - {"max_amount", "currency"}
+    unknown = set(doc) - {"max_amount", "currency", "approval_above"}
     if unknown:
         raise ConfigError("scope_file", f"{where}: unknown keys {sorted(unknown)}")
     raw_max, currency = doc.get("max_amount"), doc.get("currency")
     if raw_max is None:
-        if currency is not None:
+        if currency is not None and "approval_above" not in doc:
             raise ConfigError("scope_file", f"{where}: currency without max_amount")
         return ActionRule()
     if not isinstance(raw_max, str):

@@ -36,6 +36,14 @@ max_amount = "5000.00"
 currency = "USD"
 [purposes.procurement."vendor.read"]
 [purposes.research."dataset.read"]
+[purposes.procurement."payment.send"]
+max_amount = "50000.00"
+currency = "USD"
+approval_above = "1000.00"
+[purposes.research."customer.read"]
+[approval]
+always = ["customer_data"]
+classes.customer_data = ["customer.read"]
 """)
 
 
@@ -106,13 +114,27 @@ def test_decision_case(case: dict[str, Any]) -> None:
     assert result.decision is Decision(case["want"]), result.detail
     assert [r.value for r in result.reasons] == case["reasons"], result.detail
     assert result.orphaned is case.get("orphaned", False)
+    assert bool(result.approval_why) is (result.decision is Decision.PENDING)
     assert result.policy_version == POLICY.version
     assert result.detail
 
 
+# Reasons only `approval.judge` gives (its own cases: cases/approval.toml).
+JUDGE_ONLY = {"approved", "approval_denied", "approval_expired", "approval_forged",
+              "approval_replayed", "approval_unknown", "approver_inactive"}
+
+
 def test_cases_cover_every_reason_code() -> None:
     covered = {reason for case in CASES for reason in case["reasons"]}
-    assert covered >= {r.value for r in Reason} - {"internal_error"}
+    assert covered >= {r.value for r in Reason} - {"internal_error"} - JUDGE_ONLY
+
+
+def test_pending_names_why_approval_is_needed() -> None:
+    result = decide(intent_from({"action": "payment.send", "amount": "2500.00"}), base_world(),
+                    POLICY, now=NOW, freshness=FRESHNESS, ready=True)
+    assert result.decision is Decision.PENDING
+    assert result.approval_why == (
+        "amount 2500.00 USD is above the approval threshold of 1000.00 USD",)
 
 
 def test_allow_records_the_identity_facts_used() -> None:

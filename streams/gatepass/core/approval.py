@@ -1,0 +1,337 @@
+"""Human approval, decided purely: which intents need the owner, and which decisions count.
+
+No I/O, no clock, no key store: the worker passes `now`, the identity view and the approval
+key's bytes in. Three questions are answered here and nowhere else:
+
+* `ApprovalRules.why(purpose, intent)` - does this intent need approval, and why?
+* `judge(...)` - what does one approval decision event do to its pending request?
+* `judge_timeout(...)` - has a pending request run out of time?
+
+The one-time secret. Each approver of each request has a code,
+`approval_code(key, request_id, approver)` (an HMAC under the deployment's approval key), sent
+only through that approver's channel (webhook, inbox, the approval page's link). Decision
+events never carry the code: they carry `decision_proof(code, ...)`, an HMAC of the decision
+itself under the code, so a reader of the decisions topic can neither reuse a code nor flip a
+decision. The proof is compared in constant time. A code is good for one decision on one
+request: the first decision that passes every check finalizes the request, and anything
+after it is `approval_replayed`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+from gatepass.core.model import (
+    AgentRecord,
+    AgentStatus,
+    Decision,
+    Intent,
+    PrincipalRecord,
+    PrincipalStatus,
+    Reason,
+)
+from gatepass.errors import ConfigError
+
+__all__ = [
+    "ApprovalDecision",
+    "ApprovalRules",
+    "Judgement",
+    "PendingApproval",
+    "approval_code",
+    "decision_proof",
+    "judge",
+    "judge_timeout",
+    "proof_valid",
+]
+
+_ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_CODE_LABEL = b"gatepass-approval-code"
+_PROOF_LABEL = "gatepass-approval-decision"
+
+
+class _Identity(Protocol):
+    def agent(self, agent_id: str) -> AgentRecord | None: ...
+    def principal(self, principal_id: str) -> PrincipalRecord | None: ...
+
+
+# ---- which intents need approval -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    above: Decimal
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRules:
+    """From the policy file: amount thresholds per purpose and action, action classes that
+    always need approval, and delegates who may approve for an owner."""
+
+    thresholds: Mapping[tuple[str, str], Threshold] = field(default_factory=dict)
+    classes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    always: frozenset[str] = frozenset()
+    delegates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def why(self, purpose: str | None, intent: Intent) -> tuple[str, ...]:
+        """Every reason this intent needs its owner's approval (empty: it does not)."""
+        reasons: list[str] = []
+        for name in sorted(self.always):
+            if intent.action in self.classes.get(name, frozenset()):
+                reasons.append(f"{intent.action} is in the action class {name!r}, "
+                               "which always needs the owner's approval")
+        rule = self.thresholds.get((purpose or "", intent.action))
+        if rule is not None:
+            if intent.amount is None:
+                reasons.append(f"{intent.action} without an amount (approval above "
+                               f"{rule.above} {rule.currency})")
+            elif intent.currency != rule.currency:
+                reasons.append(f"amount in {intent.currency}: the approval threshold is in "
+                               f"{rule.currency}")
+            elif intent.amount > rule.above:
+                reasons.append(f"amount {intent.amount} {intent.currency} is above the "
+                               f"approval threshold of {rule.above} {rule.currency}")
+        return tuple(reasons)
+
+    def approvers(self, owner: str) -> tuple[str, ...]:
+        """Who may approve for this owner: the owner first, then their delegates."""
+        return (owner, *(d for d in self.delegates.get(owner, ()) if d != owner))
+
+    def canonical(self) -> dict[str, Any]:
+        """A JSON-ready form for the policy version hash."""
+        return {
+            "thresholds": {f"{p}|{a}": [str(t.above), t.currency]
+                           for (p, a), t in sorted(self.thresholds.items())},
+            "classes": {k: sorted(v) for k, v in sorted(self.classes.items())},
+            "always": sorted(self.always),
+            "delegates": {k: list(v) for k, v in sorted(self.delegates.items())},
+        }
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any], thresholds: Mapping[tuple[str, str], Threshold],
+                     *, source: str) -> ApprovalRules:
+        """The `[approval]` table of the policy file (thresholds come from the action rules)."""
+        where = f"{source}: approval"
+        unknown = set(doc) - {"classes", "always", "delegates"}
+        if unknown:
+            raise ConfigError("scope_file", f"{where}: unknown keys {sorted(unknown)}")
+        classes_doc = doc.get("classes", {})
+        if not isinstance(classes_doc, Mapping):
+            raise ConfigError("scope_file", f"{where}.classes must be a table")
+        classes: dict[str, frozenset[str]] = {}
+        for name, actions in classes_doc.items():
+            if not _NAME_RE.match(name):
+                raise ConfigError("scope_file", f"{where}.classes: bad class name {name!r}")
+            if not isinstance(actions, list) or not all(
+                    isinstance(a, str) and _ACTION_RE.match(a) for a in actions):
+                raise ConfigError("scope_file", f"{where}.classes.{name} must be a list of "
+                                                "actions (noun.verb)")
+            classes[name] = frozenset(actions)
+        always = doc.get("always", [])
+        if not isinstance(always, list) or not all(isinstance(a, str) for a in always):
+            raise ConfigError("scope_file", f"{where}.always must be a list of class names")
+        missing = sorted(set(always) - set(classes))
+        if missing:
+            raise ConfigError("scope_file", f"{where}.always names undefined classes {missing}")
+        delegates_doc = doc.get("delegates", {})
+        if not isinstance(delegates_doc, Mapping):
+            raise ConfigError("scope_file", f"{where}.delegates must be a table")
+        delegates: dict[str, tuple[str, ...]] = {}
+        for owner, names in delegates_doc.items():
+            if not _ID_RE.match(owner) or not isinstance(names, list) or not all(
+                    isinstance(n, str) and _ID_RE.match(n) for n in names):
+                raise ConfigError("scope_file", f"{where}.delegates.{owner} must be a list "
+                                                "of principal ids")
+            delegates[owner] = tuple(names)
+        return cls(thresholds=dict(thresholds), classes=classes, always=frozenset(always),
+                   delegates=delegates)
+
+
+def parse_threshold(doc: Mapping[str, Any], where: str) -> Threshold | None:
+    """`approval_above` (with the rule's `currency`) of one action rule, if set."""
+    raw = doc.get("approval_above")
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise ConfigError("scope_file", f"{where}: approval_above must be a decimal string")
+    try:
+        above = Decimal(raw)
+    except InvalidOperation as exc:
+        raise ConfigError("scope_file", f"{where}: approval_above {raw!r} is not a decimal") \
+            from exc
+    if not above.is_finite() or above < 0:
+        raise ConfigError("scope_file", f"{where}: approval_above must be a finite amount >= 0")
+    currency = doc.get("currency")
+    if not isinstance(currency, str) or not re.match(r"^[A-Z]{3}$", currency):
+        raise ConfigError("scope_file", f"{where}: approval_above needs an ISO 4217 currency")
+    return Threshold(above=above, currency=currency)
+
+
+# ---- the one-time secret ---------------------------------------------------------------------
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def approval_code(key: bytes, request_id: str, approver: str) -> str:
+    """The one-time secret of `approver` for one request (22 URL-safe characters)."""
+    if len(key) < 32:
+        raise ValueError("approval key must be at least 32 bytes")
+    msg = b"\x00".join((_CODE_LABEL, request_id.encode(), approver.encode()))
+    return _b64(hmac.new(key, msg, hashlib.sha256).digest()[:16])
+
+
+def decision_proof(code: str, *, request_id: str, intent_id: str, agent_id: str, approver: str,
+                   approve: bool, decision_id: str) -> str:
+    """What a decision event carries instead of the code: an HMAC of the decision under it."""
+    msg = "\x00".join((_PROOF_LABEL, request_id, intent_id, agent_id, approver,
+                       "approve" if approve else "deny", decision_id))
+    return _b64(hmac.new(code.encode(), msg.encode(), hashlib.sha256).digest())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalDecision:
+    """One approver's answer to one request, as it arrives on the decisions topic."""
+
+    decision_id: str
+    request_id: str
+    intent_id: str
+    agent_id: str
+    approver: str
+    approve: bool
+    proof: str = field(repr=False)
+    channel: str = ""
+    submitted_at: datetime | None = None  # as the sender claims; never trusted for expiry
+
+
+def proof_valid(key: bytes, decision: ApprovalDecision) -> bool:
+    """Whether the decision was made with the approver's code (constant-time comparison)."""
+    expected = decision_proof(
+        approval_code(key, decision.request_id, decision.approver),
+        request_id=decision.request_id, intent_id=decision.intent_id,
+        agent_id=decision.agent_id, approver=decision.approver, approve=decision.approve,
+        decision_id=decision.decision_id)
+    return hmac.compare_digest(expected.encode(), decision.proof.encode("utf-8", "replace"))
+
+
+# ---- judging decisions -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingApproval:
+    """A request waiting for its owner, as kept in the worker's changelog-backed state."""
+
+    request_id: str
+    intent: Intent
+    owner: str
+    approvers: tuple[str, ...]
+    requested_at: datetime
+    expires_at: datetime
+    why: tuple[str, ...]
+    policy_version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finalized:
+    """What is remembered of a request after its final verdict."""
+
+    decision: Decision
+    decision_id: str | None  # the approval decision that finalized it (None: it expired)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Judgement:
+    """What one event does. `final` set: the request ends with that verdict now. `alert` set:
+    the SOC is told (a decision event that failed a check). `repeat`: a redelivery of the
+    decision that already finalized the request (send the same final verdict again)."""
+
+    final: Decision | None = None
+    reason: Reason | None = None  # of the final verdict
+    alert: Reason | None = None
+    detail: str = ""
+    repeat: bool = False
+
+
+def judge(pending: PendingApproval | None, finalized: Finalized | None,
+          decision: ApprovalDecision, *, identity: _Identity, rules: ApprovalRules,
+          key: bytes, now: datetime) -> Judgement:
+    """Every check of one decision event; the first decision that passes them all wins.
+
+    A decision that fails a check changes nothing (the request stays pending until it is
+    decided validly or expires) and raises an alert - except one arriving after the expiry,
+    which also ends the request as `approval_expired` if the timer has not yet.
+    """
+    try:
+        return _judge(pending, finalized, decision, identity=identity, rules=rules, key=key,
+                      now=now)
+    except Exception as exc:  # a failing check must never approve
+        return Judgement(alert=Reason.INTERNAL_ERROR,
+                         detail=f"approval check failed: {type(exc).__name__}")
+
+
+def _judge(pending: PendingApproval | None, finalized: Finalized | None,
+           decision: ApprovalDecision, *, identity: _Identity, rules: ApprovalRules,
+           key: bytes, now: datetime) -> Judgement:
+    if pending is None:
+        if finalized is not None:
+            if finalized.decision_id is not None and \
+                    finalized.decision_id == decision.decision_id:
+                return Judgement(repeat=True, detail="redelivered decision")
+            return Judgement(alert=Reason.APPROVAL_REPLAYED,
+                             detail="the request was already decided: the first decision won")
+        return Judgement(alert=Reason.APPROVAL_UNKNOWN,
+                         detail="no approval request is pending for this intent")
+    if (decision.request_id != pending.request_id
+            or decision.intent_id != pending.intent.intent_id
+            or decision.agent_id != pending.intent.agent_id):
+        return Judgement(alert=Reason.APPROVAL_FORGED,
+                         detail="the decision names another request, intent or agent")
+    if now >= pending.expires_at:
+        return Judgement(final=Decision.DENY, reason=Reason.APPROVAL_EXPIRED,
+                         alert=Reason.APPROVAL_EXPIRED,
+                         detail=f"decision arrived after the request expired at "
+                                f"{pending.expires_at.isoformat()}")
+    if not proof_valid(key, decision):
+        return Judgement(alert=Reason.APPROVAL_FORGED,
+                         detail=f"the approval code of {decision.approver!r} does not match")
+    agent = identity.agent(pending.intent.agent_id)
+    owner_id = agent.owner if agent is not None else None
+    # Who may approve is read now, not at request time: an agent handed to a new owner is
+    # approved by the new owner, and a delegate removed from the policy can no longer.
+    allowed = rules.approvers(owner_id) if owner_id else ()
+    if decision.approver not in allowed:
+        return Judgement(alert=Reason.APPROVAL_FORGED,
+                         detail=f"{decision.approver!r} is neither the agent's owner nor a "
+                                "delegate of the owner")
+    approver = identity.principal(decision.approver)
+    if approver is None or approver.status is not PrincipalStatus.ACTIVE:
+        return Judgement(alert=Reason.APPROVER_INACTIVE,
+                         detail=f"approver {decision.approver!r} is "
+                                + (approver.status.value if approver else "unknown"))
+    if agent is None or agent.status is not AgentStatus.ACTIVE:
+        return Judgement(alert=Reason.AGENT_INACTIVE,
+                         detail="the agent is " + (agent.status.value if agent else "unknown"))
+    owner = identity.principal(owner_id) if owner_id else None
+    if owner is None or owner.status is not PrincipalStatus.ACTIVE:
+        return Judgement(alert=Reason.OWNER_INACTIVE,
+                         detail=f"owner {owner_id!r} is "
+                                + (owner.status.value if owner else "unknown"))
+    if decision.approve:
+        return Judgement(final=Decision.ALLOW, reason=Reason.APPROVED,
+                         detail=f"approved by {decision.approver}")
+    return Judgement(final=Decision.DENY, reason=Reason.APPROVAL_DENIED,
+                     detail=f"denied by {decision.approver}")
+
+
+def judge_timeout(pending: PendingApproval | None, *, now: datetime) -> Judgement:
+    """The processor's own timer: a pending request past its expiry ends as expired."""
+    if pending is None or now < pending.expires_at:
+        return Judgement()
+    return Judgement(final=Decision.DENY, reason=Reason.APPROVAL_EXPIRED,
+                     detail=f"no valid decision before {pending.expires_at.isoformat()}")
+
