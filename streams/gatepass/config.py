@@ -7,6 +7,7 @@ GATEPASS_BOOTSTRAP, GATEPASS_TOPIC_PREFIX, GATEPASS_PASS_TTL_SECONDS.
 
 from __future__ import annotations
 
+import hmac
 import math
 import os
 import re
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_BOOTSTRAP",
     "DEFAULT_PASS_TTL",
     "MAX_PASS_TTL",
+    "Secret",
     "Settings",
     "TopicNames",
 ]
@@ -35,6 +37,8 @@ DEFAULT_INTENT_MAX_AGE = timedelta(minutes=2)
 DEFAULT_INTENT_MAX_SKEW = timedelta(seconds=30)
 DEFAULT_WEB_PORT = 6066
 DEFAULT_READY_WAIT = timedelta(seconds=15)
+DEFAULT_APPROVAL_TIMEOUT = timedelta(minutes=5)
+MAX_APPROVAL_TIMEOUT = timedelta(hours=1)
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 
 
@@ -80,6 +84,47 @@ class TopicNames:
     def orphan_checks(self) -> str:
         return f"{self.prefix}orphan-checks"
 
+    @property
+    def approvals(self) -> str:
+        return f"{self.prefix}approvals"
+
+    @property
+    def approval_decisions(self) -> str:
+        return f"{self.prefix}approval-decisions"
+
+    @property
+    def approval_alerts(self) -> str:
+        return f"{self.prefix}approval-alerts"
+
+
+class Secret:
+    """A configured secret: compared in constant time, never shown by repr, str or pickle."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ConfigError("secret", "must be a non-empty string")
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(
+            self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(Secret)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret cannot be pickled")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -103,6 +148,12 @@ class Settings:
     ready_wait: timedelta = DEFAULT_READY_WAIT
     log_level: str = "info"
     log_format: str = "json"  # json lines (default) or text for humans
+    # Human approval: how long an owner has; where the approval page is reached from outside
+    # (default: this worker's web_url); the signed webhook that tells approvers (optional).
+    approval_timeout: timedelta = DEFAULT_APPROVAL_TIMEOUT
+    approval_url: str | None = None
+    approval_webhook_url: str | None = None
+    approval_webhook_secret: Secret | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -128,6 +179,15 @@ class Settings:
             raise ConfigError("log_format", "must be json or text")
         if not timedelta(0) <= self.ready_wait <= timedelta(minutes=10):
             raise ConfigError("ready_wait", "must be between 0 and 10 minutes")
+        if not timedelta(seconds=1) <= self.approval_timeout <= MAX_APPROVAL_TIMEOUT:
+            raise ConfigError("approval_timeout", "must be between 1 second and 1 hour")
+        for key in ("approval_url", "approval_webhook_url"):
+            url = getattr(self, key)
+            if url is not None and not re.match(r"^https?://[^\s/]+", url):
+                raise ConfigError(key, "must be an http(s) URL")
+        if (self.approval_webhook_url is None) != (self.approval_webhook_secret is None):
+            raise ConfigError("approval_webhook_secret",
+                              "the approval webhook needs both a URL and a secret")
 
     @property
     def topics(self) -> TopicNames:
@@ -149,7 +209,17 @@ class Settings:
         skew) and any pass issued for it has expired, so forgetting it cannot turn a DENY
         into an ALLOW.
         """
-        return self.pass_ttl + self.intent_max_age + self.intent_max_skew + timedelta(minutes=5)
+        return (self.pass_ttl + self.intent_max_age + self.intent_max_skew
+                + self.approval_timeout + timedelta(minutes=5))
+
+    @property
+    def approval_base_url(self) -> str:
+        return (self.approval_url or self.web_url).rstrip("/")
+
+    @property
+    def approval_inbox(self) -> Path:
+        """The CLI channel: one 0600 JSON Lines file per approver."""
+        return self.home / "approvals" / "inbox"
 
     @property
     def web_url(self) -> str:
@@ -163,7 +233,10 @@ class Settings:
             if f.name == "extra" or value is None:
                 continue
             (key, kind), = _env_keys(f.name)
-            env[key] = str(value.total_seconds()) if kind == "seconds" else str(value)
+            if isinstance(value, Secret):
+                env[key] = value.reveal()
+            else:
+                env[key] = str(value.total_seconds()) if kind == "seconds" else str(value)
         return env
 
     def with_(self, **changes: Any) -> Settings:
@@ -186,10 +259,11 @@ class Settings:
 
 
 def _env_keys(name: str) -> list[tuple[str, str]]:
-    if name in {"pass_ttl", "intent_max_age", "intent_max_skew", "ready_wait"}:
+    if name in {"pass_ttl", "intent_max_age", "intent_max_skew", "ready_wait",
+                "approval_timeout"}:
         return [(f"GATEPASS_{name.upper()}_SECONDS", "seconds")]
     kinds = {"partitions": "int", "replication": "int", "web_port": "int",
-             "home": "path", "scope_file": "path"}
+             "home": "path", "scope_file": "path", "approval_webhook_secret": "secret"}
     return [(f"GATEPASS_{name.upper()}", kinds.get(name, "str"))]
 
 
@@ -204,6 +278,8 @@ def _convert(key: str, raw: str, kind: str) -> Any:
             return timedelta(seconds=seconds)
         if kind == "path":
             return Path(raw)
+        if kind == "secret":
+            return Secret(raw)
     except (ValueError, OverflowError) as exc:
         raise ConfigError(key, f"not a valid {kind}: {raw!r}") from exc
     return raw

@@ -253,7 +253,43 @@ def test_dedupe_horizon_outlives_every_pass_and_every_fresh_intent(
 
 
 def test_default_dedupe_horizon() -> None:
-    assert Settings().dedupe_horizon == timedelta(minutes=5 + 2 + 5, seconds=30)
+    # pass TTL + intent age + skew + approval timeout + 5 minutes
+    assert Settings().dedupe_horizon == timedelta(minutes=5 + 2 + 5 + 5, seconds=30)
+
+
+def test_approval_settings_from_the_environment() -> None:
+    s = Settings.load({"GATEPASS_APPROVAL_TIMEOUT_SECONDS": "90",
+                       "GATEPASS_APPROVAL_WEBHOOK_URL": "https://hooks.example/approvals",
+                       "GATEPASS_APPROVAL_WEBHOOK_SECRET": "whsec-very-secret"})
+    assert s.approval_timeout == timedelta(seconds=90)
+    assert s.approval_webhook_secret is not None
+    assert s.approval_webhook_secret.reveal() == "whsec-very-secret"
+    assert "whsec-very-secret" not in repr(s) and "whsec-very-secret" not in str(s)
+    # a child process gets it back through the environment
+    assert Settings.load(s.to_env()).approval_webhook_secret == s.approval_webhook_secret
+    assert s.approval_base_url == s.web_url
+
+
+@pytest.mark.parametrize(("env", "key"), [
+    ({"GATEPASS_APPROVAL_TIMEOUT_SECONDS": "0"}, "approval_timeout"),
+    ({"GATEPASS_APPROVAL_TIMEOUT_SECONDS": "3601"}, "approval_timeout"),
+    ({"GATEPASS_APPROVAL_URL": "javascript:alert(1)"}, "approval_url"),
+    ({"GATEPASS_APPROVAL_WEBHOOK_URL": "https://hooks.example/x"}, "approval_webhook_secret"),
+    ({"GATEPASS_APPROVAL_WEBHOOK_URL": "file:///etc/passwd",
+      "GATEPASS_APPROVAL_WEBHOOK_SECRET": "s"}, "approval_webhook_url"),
+])
+def test_bad_approval_settings_name_their_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load(env)
+    assert err.value.key == key
+
+
+def test_a_secret_cannot_be_pickled() -> None:
+    import pickle
+
+    from gatepass.config import Secret
+    with pytest.raises(TypeError):
+        pickle.dumps(Secret("x"))
 
 
 @pytest.mark.parametrize("raw", ["-1", "601", "nan"])

@@ -29,7 +29,8 @@ MARKER = b"\xc3\x01"
 _HEADER = len(MARKER) + 8
 # Load order: a schema may refer to named types defined by the ones before it.
 _FILES = ("intent", "lifecycle", "verdict", "orphan_alert", "decision_record", "orphan_check",
-          "dead_letter", "public_key")
+          "dead_letter", "public_key", "approval_request", "approval_decision",
+          "approval_timeout", "approval_alert")
 
 
 def schema_dir() -> Path:
@@ -81,6 +82,12 @@ class RecordCodec:
             raise RecordInvalidError(f"{self.name}: cannot encode: {exc}") from exc
         return buf.getvalue()
 
+    def accepts(self, data: bytes | None) -> bool:
+        """Whether `data` names a writer schema of this record type (no decoding)."""
+        if not data or len(data) < _HEADER or data[:2] != MARKER:
+            return False
+        return bytes(data[2:_HEADER]) in self._readers
+
     def decode(self, data: bytes | None) -> dict[str, Any]:
         if not data:
             raise RecordInvalidError(f"{self.name}: empty payload")
@@ -119,6 +126,10 @@ class SchemaSet:
     orphan_check: RecordCodec
     dead_letter: RecordCodec
     public_key: RecordCodec
+    approval_request: RecordCodec
+    approval_decision: RecordCodec
+    approval_timeout: RecordCodec
+    approval_alert: RecordCodec
 
     @classmethod
     def load(cls, folder: Path) -> SchemaSet:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from decimal import Context, Decimal
 from typing import Any
 
@@ -16,16 +17,21 @@ from gatepass.core import (
     PrincipalStatus,
     PrincipalStatusChanged,
 )
+from gatepass.core.approval import ApprovalDecision, PendingApproval
 from gatepass.errors import RecordInvalidError
 
 __all__ = [
     "AMOUNT_QUANTUM",
+    "approval_decision_from_record",
+    "approval_decision_to_record",
     "facts_from_record",
     "facts_to_record",
     "intent_from_record",
     "intent_to_record",
     "lifecycle_from_record",
     "lifecycle_to_record",
+    "pending_from_record",
+    "pending_to_record",
 ]
 
 AMOUNT_QUANTUM = Decimal("0.0001")  # the schema's decimal scale
@@ -87,13 +93,15 @@ def lifecycle_to_record(event: LifecycleEvent) -> dict[str, Any]:
         body = ("dev.gatepass.v1.PrincipalStatusChanged",
                 {"principal_id": event.principal_id, "status": event.status.value})
     return {"event_time": event.event_time, "source": event.source,
-            "source_event_id": event.source_event_id, "event": body}
+            "source_event_id": event.source_event_id, "event": body,
+            "recorded_at": event.recorded_at}
 
 
 def lifecycle_from_record(rec: Mapping[str, Any]) -> LifecycleEvent:
     body = rec["event"]
     common = {"event_time": rec["event_time"], "source": rec["source"],
-              "source_event_id": rec.get("source_event_id", "")}
+              "source_event_id": rec.get("source_event_id", ""),
+              "recorded_at": rec.get("recorded_at")}
     # fastavro returns a plain dict for unions of records; tell them apart by their fields.
     if "principal_id" in body:
         return PrincipalStatusChanged(principal_id=body["principal_id"],
@@ -125,3 +133,33 @@ def facts_from_record(rec: Mapping[str, Any]) -> IdentityFacts:
         "purpose", "department")}, state_ready=bool(rec.get("state_ready")),
         agent_registered=bool(rec.get("agent_registered")))
 
+
+
+def pending_to_record(p: PendingApproval, *, purpose: str | None, department: str | None,
+                      facts: IdentityFacts) -> dict[str, Any]:
+    return {"request_id": p.request_id, "intent": intent_to_record(p.intent), "owner": p.owner,
+            "approvers": list(p.approvers), "purpose": purpose, "department": department,
+            "why": list(p.why), "requested_at": p.requested_at, "expires_at": p.expires_at,
+            "policy_version": p.policy_version, "facts": facts_to_record(facts)}
+
+
+def pending_from_record(rec: Mapping[str, Any]) -> PendingApproval:
+    return PendingApproval(request_id=rec["request_id"], intent=intent_from_record(rec["intent"]),
+                           owner=rec["owner"], approvers=tuple(rec["approvers"]),
+                           requested_at=rec["requested_at"], expires_at=rec["expires_at"],
+                           why=tuple(rec["why"]), policy_version=rec["policy_version"])
+
+
+def approval_decision_to_record(d: ApprovalDecision, *, submitted_at: datetime) -> dict[str, Any]:
+    return {"decision_id": d.decision_id, "request_id": d.request_id, "intent_id": d.intent_id,
+            "agent_id": d.agent_id, "approver": d.approver,
+            "choice": "APPROVE" if d.approve else "DENY", "proof": d.proof,
+            "channel": d.channel, "submitted_at": submitted_at}
+
+
+def approval_decision_from_record(rec: Mapping[str, Any]) -> ApprovalDecision:
+    return ApprovalDecision(decision_id=rec["decision_id"], request_id=rec["request_id"],
+                            intent_id=rec["intent_id"], agent_id=rec["agent_id"],
+                            approver=rec["approver"], approve=rec["choice"] == "APPROVE",
+                            proof=rec["proof"], channel=rec.get("channel", ""),
+                            submitted_at=rec.get("submitted_at"))

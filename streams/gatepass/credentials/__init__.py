@@ -29,6 +29,7 @@ from gatepass.credentials.issuer import (
     PASS_TYP,
     IssuedPass,
     PassIssuer,
+    PassApproval,
     PassRequest,
     token_hash,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "IssuedPass",
     "KeyStore",
     "PassIssuer",
+    "PassApproval",
     "PassRequest",
     "PassVerifier",
     "ReplayCache",

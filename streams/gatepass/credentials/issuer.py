@@ -16,6 +16,9 @@ The header is exactly {"alg": "EdDSA", "kid": <kid>, "typ": "gatepass-pass+jwt"}
     authorization_details   RFC 9396, one entry: {"type": "gatepass_action", "actions": [action],
                             "locations": [audience], "identifier": resource,
                             "amount": {"value": "120.5", "currency": "EUR"}}  (amount only if set)
+    approval                only for an intent its owner had to approve:
+                            {"request_id": ..., "approver": <principal id>,
+                             "approved_at": <integer seconds>}
     act                     RFC 8693 actor chain, only when the delegation chain is non-empty:
                             nested actors, most recent delegator outermost: the chain (a, b)
                             (a delegated to b, b to the agent) gives
@@ -49,6 +52,7 @@ __all__ = [
     "PASS_ID_NAMESPACE",
     "PASS_TYP",
     "IssuedPass",
+    "PassApproval",
     "PassIssuer",
     "PassRequest",
     "actor_claim",
@@ -60,6 +64,15 @@ PASS_TYP = "gatepass-pass+jwt"  # noqa: S105 (a media type, not a password)
 MAX_PASS_TTL = timedelta(hours=1)
 # Fixed forever: changing it would change every credential id derived from an intent id.
 PASS_ID_NAMESPACE = uuid.UUID("6f1d3c52-8a0e-4b7e-9d25-3c1f0b9e7a41")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PassApproval:
+    """Who approved the action, for a pass whose intent waited for its owner."""
+
+    request_id: str
+    approver: str
+    approved_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +90,7 @@ class PassRequest:
     delegation_chain: tuple[str, ...]  # agent ids the request came through, originator first
     policy_version: str
     issued_at: datetime  # tz-aware decision time; the issuer never reads a clock
+    approval: PassApproval | None = None
 
     def __post_init__(self) -> None:
         names = ("intent_id", "agent_id", "audience", "action", "resource", "owner")
@@ -97,8 +111,13 @@ class PassRequest:
                 raise CredentialError(f"pass request: {exc}") from exc
         try:
             require_aware(self.issued_at, "issued_at")
+            if self.approval is not None:
+                require_aware(self.approval.approved_at, "approval.approved_at")
         except ValueError as exc:
             raise CredentialError(f"pass request: {exc}") from exc
+        if self.approval is not None and not (self.approval.request_id
+                                              and self.approval.approver):
+            raise CredentialError("pass request: approval needs a request id and an approver")
 
 
 @dataclass(frozen=True, repr=False)
@@ -169,6 +188,10 @@ class PassIssuer:
             "owner": req.owner,
             "policy_version": req.policy_version,
         }
+        if req.approval is not None:
+            claims["approval"] = {"request_id": req.approval.request_id,
+                                  "approver": req.approval.approver,
+                                  "approved_at": int(req.approval.approved_at.timestamp())}
         if req.delegation_chain:
             claims["act"] = actor_claim(req.delegation_chain)
         signing_input = f"{self._header_segment(key.kid)}.{b64url_encode(canonical_json(claims))}"

@@ -4,6 +4,7 @@ Layout of a store directory (created 0700):
 
     keys.json   metadata, one entry per key: kid, created_at, retired_at, publish_until (0600)
     <kid>.pem   one unencrypted PKCS8 PEM private key per key (0600, created with O_EXCL)
+    approval.key the approval key: 32 random bytes, hex (0600, created with O_EXCL on first use)
 
 The kid is the key's RFC 7638 thumbprint, so the file name is derived from the key itself
 and never from input. Exactly one key is active (signs); retired keys stay in the JWKS until
@@ -113,6 +114,7 @@ class _KeyRecord:
 
 
 LOCK_FILE = ".lock"
+APPROVAL_KEY_FILE = "approval.key"
 
 
 @contextlib.contextmanager
@@ -188,6 +190,37 @@ class KeyStore:
     @property
     def path(self) -> Path:
         return self._path
+
+    def approval_key(self) -> bytes:
+        """The deployment's approval key (32 random bytes, `approval.key`, 0600), created on
+        first use under the store's lock. Approval codes are HMACs under it
+        (gatepass.core.approval): whoever holds it can approve in anyone's name, so it gets
+        the care of a signing key and never leaves this object except to compute codes."""
+        key_file = self._path / APPROVAL_KEY_FILE
+        try:
+            with _exclusive(self._path / LOCK_FILE):
+                if not key_file.exists():
+                    fd = os.open(key_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW,
+                                 0o600)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(secrets.token_bytes(32).hex().encode())
+                        f.flush()
+                        os.fsync(f.fileno())
+                    _fsync_dir(self._path)
+                with os.fdopen(os.open(key_file, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+                    st = os.fstat(f.fileno())
+                    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+                        raise KeyStoreError(f"{key_file}: must be a regular file of mode 0600")
+                    raw = f.read(200)
+        except OSError as exc:
+            raise KeyStoreError(f"{key_file}: {exc.strerror or exc}") from exc
+        try:
+            key = bytes.fromhex(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            raise KeyStoreError(f"{key_file}: not a hex-encoded key") from None
+        if len(key) < 32:
+            raise KeyStoreError(f"{key_file}: key shorter than 32 bytes")
+        return key
 
     @property
     def active_since(self) -> datetime:

@@ -136,6 +136,12 @@ class VerifiedPass:
     owner: str
     expires_at: datetime
 
+    @property
+    def approver(self) -> str | None:
+        """Who approved the action, when its intent waited for the owner."""
+        approval = self.claims.get("approval")
+        return approval["approver"] if isinstance(approval, dict) else None
+
 
 class PassVerifier:
     """Verifies passes for one audience against one JWKS, offline."""
@@ -280,6 +286,15 @@ class PassVerifier:
             raise ClaimInvalidError("claim 'exp' must be after 'iat'")
         if self._issuer is not None and claims["iss"] != self._issuer:
             raise ClaimInvalidError(f"claim 'iss' is not the trusted issuer {self._issuer!r}")
+        if "approval" in claims:
+            approval = claims["approval"]
+            if (not isinstance(approval, dict) or set(approval) != {"request_id", "approver",
+                                                                    "approved_at"}
+                    or not all(isinstance(approval[k], str) and approval[k]
+                               for k in ("request_id", "approver"))
+                    or type(approval["approved_at"]) is not int
+                    or not 0 <= approval["approved_at"] <= claims["iat"]):
+                raise ClaimInvalidError("claim 'approval' is malformed")
 
     def _check_times(self, claims: dict[str, Any], now: float) -> None:
         if claims["exp"] <= now - self._leeway:

@@ -16,11 +16,14 @@ from typing import Any
 
 from gatepass.codec.avro import SchemaSet
 from gatepass.codec.records import (
+    approval_decision_from_record,
     facts_to_record,
     intent_from_record,
     intent_to_record,
     lifecycle_from_record,
     lifecycle_to_record,
+    pending_from_record,
+    pending_to_record,
 )
 from gatepass.config import Settings
 from gatepass.core import (
@@ -38,14 +41,30 @@ from gatepass.core import (
     ScopePolicy,
     decide,
 )
-from gatepass.credentials import IssuedPass, PassIssuer, PassRequest
+from gatepass.core.approval import (
+    ApprovalDecision,
+    Finalized,
+    Judgement,
+    PendingApproval,
+    judge,
+    judge_timeout,
+)
+from gatepass.credentials import IssuedPass, PassApproval, PassIssuer, PassRequest
 from gatepass.errors import DecodeError, GatepassError
 from gatepass.transport import partition_for
 
-__all__ = ["IntentOutcome", "Outgoing", "Pipeline"]
+__all__ = ["ApprovalOutcome", "IntentOutcome", "Outgoing", "Pipeline", "request_id_for"]
 
 log = logging.getLogger("gatepass.worker")
 _ALERT_NS = uuid.UUID("6f1d7c52-1b3e-4f59-9a0e-4c3f4a5e8d21")
+# Fixed forever: request ids and approval alert ids are derived from intent and decision ids.
+_REQUEST_NS = uuid.UUID("0b7e3f0e-5d2a-4c8e-9f61-2a4d8c1e7b93")
+_APPROVAL_ALERT_NS = uuid.UUID("3c9a1d47-8e2b-4f06-b5d3-7a1e9c4f2b68")
+
+
+def request_id_for(intent_id: str) -> str:
+    """The approval request of an intent: the same for every redelivery of that intent."""
+    return str(uuid.uuid5(_REQUEST_NS, intent_id))
 _MASKED = ["credential.token"]
 
 
@@ -68,6 +87,22 @@ class IntentOutcome:
     requested_at: datetime | None = None
     issued: bool = False  # a new pass was signed (not a redelivery's re-signed one)
     record: dict[str, Any] | None = None  # the DecisionRecord of a new decision (no token)
+    pending: tuple[str, bytes] | None = None  # (intent id, ApprovalRequest) to keep waiting
+    expires_at: datetime | None = None  # of that request
+
+
+@dataclass(slots=True)
+class ApprovalOutcome:
+    """What one event on the approval-decisions topic does (all empty: nothing)."""
+
+    records: list[Outgoing] = field(default_factory=list)
+    finish: str | None = None  # intent id whose pending request ends now
+    remember: tuple[str, bytes] | None = None  # (intent id, final DecisionRecord)
+    final: str | None = None  # ALLOW/DENY of the final verdict, when one is sent now
+    reason: str | None = None
+    alert: str | None = None  # reason code of an alert raised
+    record: dict[str, Any] | None = None  # the final DecisionRecord (no token)
+    intent_id: str | None = None
 
 
 def _now_ms(clock: Callable[[], datetime]) -> datetime:
@@ -80,7 +115,8 @@ def _now_ms(clock: Callable[[], datetime]) -> datetime:
 class Pipeline:
     def __init__(self, *, settings: Settings, schemas: SchemaSet, policy: ScopePolicy,
                  issuer: PassIssuer, identity: IdentityState, ready: Callable[[], bool],
-                 worker: str = "", clock: Callable[[], datetime] | None = None) -> None:
+                 worker: str = "", clock: Callable[[], datetime] | None = None,
+                 approval_key: Callable[[], bytes] | None = None) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.schemas = schemas
@@ -92,6 +128,7 @@ class Pipeline:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.freshness = Freshness(max_age=settings.intent_max_age,
                                    max_skew=settings.intent_max_skew)
+        self._approval_key = approval_key
 
     # ---- intents -------------------------------------------------------------------------
     def on_intent(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
@@ -137,14 +174,32 @@ class Pipeline:
                     decision=Decision.DENY, reasons=(Reason.INTERNAL_ERROR,),
                     policy_version=self.policy.version, facts=result.facts,
                     detail="pass could not be signed")
-        record = self._decision_record(intent, result, now, issued)
+        approval_info = None
+        request: bytes | None = None
+        if result.decision is Decision.PENDING:
+            pending = PendingApproval(
+                request_id=request_id_for(intent.intent_id), intent=intent,
+                owner=result.facts.owner or "",
+                approvers=self.policy.approval.approvers(result.facts.owner or ""),
+                requested_at=now, expires_at=now + self.settings.approval_timeout,
+                why=result.approval_why, policy_version=result.policy_version)
+            request = self.schemas.approval_request.encode(pending_to_record(
+                pending, purpose=result.facts.purpose, department=result.facts.department,
+                facts=result.facts))
+            approval_info = {"request_id": pending.request_id, "expires_at": pending.expires_at,
+                             "why": list(pending.why), "approver": None, "decided_at": None,
+                             "decision_id": None, "channel": None}
+            out.pending, out.expires_at = (intent.intent_id, request), pending.expires_at
+        record = self._decision_record(intent, result, now, issued, approval_info)
         encoded = self.schemas.decision_record.encode(record)
         key_bytes = intent.agent_id.encode()
         out.records.append(Outgoing(self.topics.verdicts, key_bytes,
                                     self._verdict_bytes(record, issued), partition))
         out.records.append(Outgoing(self.topics.audit, key_bytes, encoded, partition))
-        if not result.allowed:
+        if result.decision is Decision.DENY:
             out.records.append(Outgoing(self.topics.denials, key_bytes, encoded, partition))
+        if request is not None:
+            out.records.append(Outgoing(self.topics.approvals, key_bytes, request, partition))
         if result.orphaned:
             out.records.append(Outgoing(self.topics.orphan_checks, key_bytes,
                                         self._orphan_check(intent.agent_id, "intent_denied",
@@ -181,13 +236,17 @@ class Pipeline:
                 if ref is None:
                     raise ValueError("remembered ALLOW without a credential")
                 intent = intent_from_record(record["intent"])
+                approval = record.get("approval")
                 issued = self.issuer.issue(PassRequest(
                     intent_id=intent.intent_id, agent_id=intent.agent_id,
                     audience=intent.audience, action=intent.action, resource=intent.resource,
                     amount=intent.amount, currency=intent.currency,
                     owner=record["facts"].get("owner") or "",
                     delegation_chain=intent.delegation_chain,
-                    policy_version=record["policy_version"], issued_at=ref["issued_at"]))
+                    policy_version=record["policy_version"], issued_at=ref["issued_at"],
+                    approval=None if approval is None else PassApproval(
+                        request_id=approval["request_id"], approver=approval["approver"],
+                        approved_at=approval["decided_at"])))
         except Exception as exc:
             log.error("redelivered intent %s not answered again (first verdict stands): %s",
                       out.intent_id, exc.code if isinstance(exc, GatepassError)
@@ -207,7 +266,8 @@ class Pipeline:
             issued_at=now)
 
     def _decision_record(self, intent: Intent, result: DecisionResult, now: datetime,
-                         issued: IssuedPass | None) -> dict[str, Any]:
+                         issued: IssuedPass | None,
+                         approval: Mapping[str, Any] | None = None) -> dict[str, Any]:
         credential = None
         if issued is not None:
             credential = {"credential_id": issued.credential_id, "token_sha256": issued.token_hash,
@@ -219,7 +279,7 @@ class Pipeline:
             "detail": result.detail, "policy_version": result.policy_version,
             "decided_at": now, "facts": facts_to_record(result.facts),
             "credential": credential, "masked_fields": _MASKED if issued else [],
-            "worker": self.worker,
+            "worker": self.worker, "approval": approval,
         }
 
     def _verdict_bytes(self, record: Mapping[str, Any], issued: IssuedPass | None,
@@ -233,8 +293,149 @@ class Pipeline:
             "credential_id": ref["credential_id"] if ref else None,
             "expires_at": ref["expires_at"] if ref else None,
             "policy_version": record["policy_version"], "decided_at": record["decided_at"],
-            "facts": record["facts"],
+            "facts": record["facts"], "approval": record.get("approval"),
         })
+
+    # ---- approvals -----------------------------------------------------------------------
+    def on_approval(self, key: bytes | None, value: bytes | None, *, partition: int,
+                    offset: int, pending: Mapping[str, bytes],
+                    decided: Mapping[str, bytes]) -> ApprovalOutcome:
+        """One approval decision, or one expiry tick of the timer, for a pending request.
+
+        Runs in the agent's partition, in order with the intents: the first decision that
+        passes every check (or the expiry) ends the request with exactly one final verdict;
+        `pending` and `decided` are the changelog-backed tables of that partition.
+        """
+        now = _now_ms(self.clock)
+        codecs = self.schemas
+        try:
+            if codecs.approval_timeout.accepts(value):
+                tick = codecs.approval_timeout.decode(value)
+                intent_id, agent_id, event = tick["intent_id"], tick["agent_id"], None
+            else:
+                event = approval_decision_from_record(codecs.approval_decision.decode(value))
+                intent_id, agent_id = event.intent_id, event.agent_id
+            if key != agent_id.encode() or partition != partition_for(
+                    agent_id, self.settings.partitions):
+                raise ValueError("an approval record must be keyed by its agent id and sit on "
+                                 "the agent's partition")
+        except (GatepassError, KeyError, ValueError, TypeError) as exc:
+            return ApprovalOutcome(records=[self.dead_letter(
+                self.topics.approval_decisions, partition, offset, key, value, exc, now)])
+        out = ApprovalOutcome(intent_id=intent_id)
+        try:
+            raw = pending.get(intent_id)
+            request = None if raw is None else pending_from_record(
+                codecs.approval_request.decode(raw))
+            if event is None:
+                verdict = judge_timeout(request, now=now)
+            else:
+                verdict = judge(request, self._finalized(decided.get(intent_id)), event,
+                                identity=self.identity, rules=self.policy.approval,
+                                key=self._key(), now=now)
+        except Exception as exc:  # never an approval by accident: nothing changes
+            log.error("approval event for intent %s not applied: %s", intent_id,
+                      type(exc).__name__)
+            verdict = Judgement(alert=Reason.INTERNAL_ERROR,
+                                detail=f"approval event not applied: {type(exc).__name__}")
+        if verdict.repeat:
+            remembered = decided.get(intent_id)
+            if remembered is not None:
+                out.records = self._replay(remembered, partition, IntentOutcome()).records
+            return out
+        if verdict.final is not None and request is not None:
+            self._finish(request, verdict, event, now, partition, out)
+        if verdict.alert is not None and event is not None:
+            out.alert = verdict.alert.value
+            out.records.append(self._approval_alert(event, verdict, now, partition))
+        return out
+
+    def _key(self) -> bytes:
+        if self._approval_key is None:
+            raise RuntimeError("no approval key configured")
+        return self._approval_key()
+
+    def _finalized(self, remembered: bytes | None) -> Finalized | None:
+        if remembered is None:
+            return None
+        record = self.schemas.decision_record.decode(remembered)
+        if record["decision"] == Decision.PENDING.value:
+            return None
+        approval = record.get("approval") or {}
+        return Finalized(decision=Decision(record["decision"]),
+                         decision_id=approval.get("decision_id"))
+
+    def _finish(self, request: PendingApproval, verdict: Judgement,
+                event: ApprovalDecision | None, now: datetime, partition: int,
+                out: ApprovalOutcome) -> None:
+        """The one final verdict of a request: ALLOW with a pass naming the approver, or DENY."""
+        intent = request.intent
+        decision, reason, detail = verdict.final, verdict.reason, verdict.detail
+        assert decision is not None and reason is not None
+        approval = {"request_id": request.request_id, "expires_at": request.expires_at,
+                    "why": list(request.why),
+                    "approver": event.approver if event is not None and
+                    reason is not Reason.APPROVAL_EXPIRED else None,
+                    "decided_at": now, "decision_id": event.decision_id if event else None,
+                    "channel": event.channel if event else None}
+        facts = self._facts_now(intent.agent_id)
+        issued: IssuedPass | None = None
+        if decision is Decision.ALLOW:
+            assert event is not None
+            try:
+                issued = self.issuer.issue(PassRequest(
+                    intent_id=intent.intent_id, agent_id=intent.agent_id,
+                    audience=intent.audience, action=intent.action, resource=intent.resource,
+                    amount=intent.amount, currency=intent.currency, owner=facts.owner or "",
+                    delegation_chain=intent.delegation_chain,
+                    policy_version=request.policy_version, issued_at=now,
+                    approval=PassApproval(request_id=request.request_id,
+                                          approver=event.approver, approved_at=now)))
+            except Exception as exc:  # no key, no pass: the final answer is a DENY
+                log.error("signing failed for approved intent %s: %s", intent.intent_id,
+                          type(exc).__name__)
+                decision, reason = Decision.DENY, Reason.INTERNAL_ERROR
+                detail = "approved, but the pass could not be signed"
+        result = DecisionResult(decision=decision, reasons=(reason,),
+                                policy_version=request.policy_version, facts=facts,
+                                detail=detail)
+        record = self._decision_record(intent, result, now, issued, approval)
+        encoded = self.schemas.decision_record.encode(record)
+        key_bytes = intent.agent_id.encode()
+        out.records.append(Outgoing(self.topics.verdicts, key_bytes,
+                                    self._verdict_bytes(record, issued), partition))
+        out.records.append(Outgoing(self.topics.audit, key_bytes, encoded, partition))
+        if decision is Decision.DENY:
+            out.records.append(Outgoing(self.topics.denials, key_bytes, encoded, partition))
+        out.finish = intent.intent_id
+        out.remember = (intent.intent_id, encoded)
+        out.final, out.reason, out.record = decision.value, reason.value, record
+
+    def _facts_now(self, agent_id: str) -> IdentityFacts:
+        agent = self.identity.agent(agent_id)
+        if agent is None:
+            return IdentityFacts(state_ready=self.ready())
+        owner = self.identity.principal(agent.owner) if agent.owner else None
+        return IdentityFacts(
+            agent_registered=agent.registered, agent_status=agent.status.value,
+            agent_status_at=agent.status_at, owner=agent.owner,
+            owner_status=owner.status.value if owner else None,
+            owner_status_at=owner.status_at if owner else None, purpose=agent.purpose,
+            department=agent.department, state_ready=self.ready())
+
+    def _approval_alert(self, event: ApprovalDecision, verdict: Judgement, now: datetime,
+                        partition: int) -> Outgoing:
+        reason = verdict.alert.value if verdict.alert else ""
+        alert_id = str(uuid.uuid5(_APPROVAL_ALERT_NS, f"{event.decision_id}|{reason}"))
+        log.warning("approval decision %s refused: %s", event.decision_id, reason)
+        return Outgoing(self.topics.approval_alerts, event.agent_id.encode(),
+                        self.schemas.approval_alert.encode({
+                            "alert_id": alert_id, "reason": reason, "detail": verdict.detail,
+                            "decision_id": event.decision_id, "request_id": event.request_id,
+                            "intent_id": event.intent_id, "agent_id": event.agent_id,
+                            "approver": event.approver,
+                            "choice": "APPROVE" if event.approve else "DENY",
+                            "channel": event.channel, "detected_at": now}), partition)
 
     # ---- orphans -------------------------------------------------------------------------
     def _orphan_check(self, agent_id: str, trigger: str, facts: IdentityFacts | None,

@@ -20,10 +20,14 @@ from gatepass.errors import DecodeError, RecordInvalidError, UnknownSchemaError
 SCHEMA_DIR = schema_dir()
 # The order SchemaSet.load reads them in: later files refer to named types of earlier ones.
 LOAD_ORDER = ("intent", "lifecycle", "verdict", "orphan_alert", "decision_record",
-              "orphan_check", "dead_letter", "public_key")
+              "orphan_check", "dead_letter", "public_key", "approval_request",
+              "approval_decision", "approval_timeout", "approval_alert")
 CODEC_NAMES = [f.name for f in fields(SchemaSet)]
 AT = datetime(2026, 3, 2, 9, 30, 15, 123000, tzinfo=UTC)  # millisecond precision, like Avro
 INTENT_ID = "7b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11"
+APPROVED = {"request_id": "r-1", "expires_at": AT + timedelta(minutes=5),
+            "why": ["amount above 10000.00 USD"], "approver": "sarah",
+            "decided_at": AT, "decision_id": "d-1", "channel": "page"}
 PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
 
@@ -146,19 +150,28 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                               "event": ("dev.gatepass.v1.AgentRegistered", {
                                   "agent_id": "procure-bot", "owner": "sarah",
                                   "purpose": "procurement", "department": "finance",
-                                  "contact": "sarah@example.com", "created_by": "it-admin"})}),
+                                  "contact": "sarah@example.com", "created_by": "it-admin"}),
+                              "recorded_at": None}),
         ("agent registered, optionals null", {
             "event_time": AT, "source": "cli", "source_event_id": "",
             "event": ("dev.gatepass.v1.AgentRegistered", {
                 "agent_id": "procure-bot", "owner": "sarah", "purpose": "procurement",
-                "department": None, "contact": None, "created_by": None})}),
+                "department": None, "contact": None, "created_by": None}),
+            "recorded_at": None}),
         ("agent suspended", {"event_time": AT, "source": "entra", "source_event_id": "e-2",
                              "event": ("dev.gatepass.v1.AgentStatusChanged",
-                                       {"agent_id": "procure-bot", "status": "suspended"})}),
+                                       {"agent_id": "procure-bot", "status": "suspended"}),
+                             "recorded_at": None}),
         ("principal offboarded", {"event_time": AT, "source": "hr-feed",
                                   "source_event_id": "hr-77",
                                   "event": ("dev.gatepass.v1.PrincipalStatusChanged",
-                                            {"principal_id": "sarah", "status": "offboarded"})}),
+                                            {"principal_id": "sarah", "status": "offboarded"}),
+                                  "recorded_at": None}),
+        ("principal offboarding scheduled", {
+            "event_time": AT + timedelta(days=3), "source": "hr-feed", "source_event_id": "hr-78",
+            "event": ("dev.gatepass.v1.PrincipalStatusChanged",
+                      {"principal_id": "sarah", "status": "offboarded"}),
+            "recorded_at": AT}),
     ],
     "verdict": [
         ("allow with pass", {"intent_id": INTENT_ID, "agent_id": "procure-bot",
@@ -167,7 +180,22 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                              "credential_id": "6da0eb0a-5a50-50ec-9bea-5b600c5ab0fe",
                              "expires_at": AT + timedelta(minutes=5),
                              "policy_version": "scope-0123456789abcdef", "decided_at": AT,
-                             "facts": FACTS}),
+                             "facts": FACTS, "approval": None}),
+        ("approved", {"intent_id": INTENT_ID, "agent_id": "procure-bot",
+                      "decision": "ALLOW", "reasons": ["approved"], "detail": "approved",
+                      "credential": "eyJhbGciOiJFZERTQSJ9.e30.c2ln",
+                      "credential_id": "6da0eb0a-5a50-50ec-9bea-5b600c5ab0fe",
+                      "expires_at": AT + timedelta(minutes=5),
+                      "policy_version": "scope-0123456789abcdef", "decided_at": AT,
+                      "facts": FACTS, "approval": APPROVED}),
+        ("pending", {"intent_id": INTENT_ID, "agent_id": "procure-bot",
+                     "decision": "PENDING", "reasons": ["pending_approval"], "detail": "big",
+                     "credential": None, "credential_id": None, "expires_at": None,
+                     "policy_version": "scope-0123456789abcdef", "decided_at": AT,
+                     "facts": FACTS, "approval": {
+                         "request_id": "r-1", "expires_at": AT + timedelta(minutes=5),
+                         "why": ["amount above 10000.00 USD"], "approver": None,
+                         "decided_at": None, "decision_id": None, "channel": None}}),
         ("deny, nulls", {"intent_id": INTENT_ID, "agent_id": "procure-bot", "decision": "DENY",
                          "reasons": ["owner_inactive", "out_of_scope"], "detail": "no",
                          "credential": None, "credential_id": None, "expires_at": None,
@@ -176,7 +204,7 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                                    "agent_status": None, "agent_status_at": None,
                                    "owner": None, "owner_status": None,
                                    "owner_status_at": None, "purpose": None,
-                                   "department": None}}),
+                                   "department": None}, "approval": None}),
     ],
     "orphan_alert": [
         ("owner offboarded", {"alert_id": "0d4c7c52-1b3e-5f59-9a0e-4c3f4a5e8d21",
@@ -201,11 +229,13 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                                   "kid": "kid-abc", "issued_at": AT.replace(microsecond=0),
                                   "expires_at": AT.replace(microsecond=0)
                                   + timedelta(minutes=5)},
-                   "masked_fields": ["credential.token"], "worker": "host:123"}),
+                   "masked_fields": ["credential.token"], "worker": "host:123",
+                   "approval": APPROVED}),
         ("deny", {"decision_id": "c0a8e1d2-0000-4000-8000-000000000002", "intent": INTENT,
                   "decision": "DENY", "reasons": ["stale_intent"], "detail": "old",
                   "policy_version": "scope-0123456789abcdef", "decided_at": AT,
-                  "facts": FACTS, "credential": None, "masked_fields": [], "worker": ""}),
+                  "facts": FACTS, "credential": None, "masked_fields": [], "worker": "",
+                  "approval": None}),
     ],
     "orphan_check": [
         ("from offboarding", {"agent_id": "procure-bot", "trigger": "owner_deactivated",
@@ -229,6 +259,28 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("active key", {"kid": "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs", "kty": "OKP",
                         "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
                         "alg": "EdDSA", "status": "active", "published_at": AT}),
+    ],
+    "approval_request": [
+        ("with delegates", {"request_id": "r-1", "intent": INTENT, "owner": "sarah",
+                            "approvers": ["sarah", "cfo"], "purpose": "procurement",
+                            "department": None, "why": ["amount above 10000.00 USD"],
+                            "requested_at": AT, "expires_at": AT + timedelta(minutes=5),
+                            "policy_version": "scope-0123456789abcdef", "facts": FACTS}),
+    ],
+    "approval_decision": [
+        ("approve", {"decision_id": "d-1", "request_id": "r-1", "intent_id": INTENT_ID,
+                     "agent_id": "procure-bot", "approver": "sarah", "choice": "APPROVE",
+                     "proof": "x" * 43, "channel": "page", "submitted_at": AT}),
+    ],
+    "approval_timeout": [
+        ("due", {"request_id": "r-1", "intent_id": INTENT_ID, "agent_id": "procure-bot",
+                 "expires_at": AT, "raised_at": AT + timedelta(seconds=1)}),
+    ],
+    "approval_alert": [
+        ("forged", {"alert_id": "a-1", "reason": "approval_forged", "detail": "bad code",
+                    "decision_id": "d-1", "request_id": "r-1", "intent_id": INTENT_ID,
+                    "agent_id": "procure-bot", "approver": "mallory", "choice": "APPROVE",
+                    "channel": "cli", "detected_at": AT}),
     ],
 }
 ROUND_TRIPS = [(name, label, rec) for name, cases in RECORDS.items() for label, rec in cases]

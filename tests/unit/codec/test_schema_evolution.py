@@ -212,3 +212,52 @@ def test_decision_records_written_before_an_intent_change_stay_readable(tmp_path
         "decision_record.v1.avsc": schema_dir() / "decision_record.avsc"})
     decoded = reader.decision_record.decode(data)
     assert decoded["intent"]["trace_id"] is None
+
+
+# ---- the shipped generations under schemas/history ---------------------------------------
+FACTS = {"state_ready": True, "agent_registered": True, "agent_status": "active",
+         "agent_status_at": AT, "owner": "sarah", "owner_status": "active",
+         "owner_status_at": AT, "purpose": "procurement", "department": None}
+
+
+def _previous_generation(root: Path) -> SchemaSet:
+    """The writers of before approvals: verdict and decision record of history v1."""
+    folder = schema_folder(root)
+    shutil.copy(schema_dir() / "history" / "verdict.v1.avsc", folder / "verdict.avsc")
+    shutil.copy(schema_dir() / "history" / "decision_record.v1.avsc",
+                folder / "decision_record.avsc")
+    return SchemaSet.load(folder)
+
+
+def test_verdicts_written_before_approvals_are_read_with_no_approval(tmp_path: Path) -> None:
+    old = _previous_generation(tmp_path)
+    record = {"intent_id": CURRENT_RECORD["intent_id"], "agent_id": "procure-bot",
+              "decision": "DENY", "reasons": ["owner_inactive"], "detail": "gone",
+              "credential": None, "credential_id": None, "expires_at": None,
+              "policy_version": "scope-1", "decided_at": AT, "facts": FACTS}
+    data = old.verdict.encode(record)
+    assert data[2:10] != schemas().verdict.fingerprint
+    assert schemas().verdict.decode(data) == {**record, "approval": None}
+
+
+def test_decision_records_written_before_approvals_are_read(tmp_path: Path) -> None:
+    old = _previous_generation(tmp_path)
+    record = {"decision_id": "d-1", "intent": CURRENT_RECORD, "decision": "ALLOW",
+              "reasons": ["allowed"], "detail": "", "policy_version": "scope-1",
+              "decided_at": AT, "facts": FACTS, "credential": None, "masked_fields": [],
+              "worker": "w"}
+    decoded = schemas().decision_record.decode(old.decision_record.encode(record))
+    assert decoded["approval"] is None and decoded["decision"] == "ALLOW"
+
+
+def test_a_pending_verdict_is_unreadable_to_a_reader_from_before_approvals(
+        tmp_path: Path) -> None:
+    """Readers first: a worker that writes PENDING needs every reader upgraded before it."""
+    old = _previous_generation(tmp_path)
+    pending = {"intent_id": CURRENT_RECORD["intent_id"], "agent_id": "procure-bot",
+               "decision": "PENDING", "reasons": ["pending_approval"], "detail": "",
+               "credential": None, "credential_id": None, "expires_at": None,
+               "policy_version": "scope-1", "decided_at": AT, "facts": FACTS,
+               "approval": None}
+    with pytest.raises(UnknownSchemaError):
+        old.verdict.decode(schemas().verdict.encode(pending))

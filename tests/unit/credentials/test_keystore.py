@@ -276,3 +276,20 @@ def test_concurrent_first_open_creates_one_key(tmp_path: Path) -> None:
         kids = pool.map(_open_and_report_kid, [str(store)] * 8)
     assert len(set(kids)) == 1
     assert len(list(store.glob("*.pem"))) == 1
+
+
+def test_approval_key_is_created_once_0600_and_stable(tmp_path: Path) -> None:
+    store = KeyStore.open(tmp_path / "keys")
+    key = store.approval_key()
+    assert len(key) == 32
+    assert stat.S_IMODE((tmp_path / "keys" / "approval.key").stat().st_mode) == 0o600
+    assert KeyStore.open(tmp_path / "keys").approval_key() == key
+    assert key.hex() not in repr(store)
+
+
+def test_an_approval_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    store = KeyStore.open(tmp_path / "keys")
+    store.approval_key()
+    os.chmod(tmp_path / "keys" / "approval.key", 0o644)
+    with pytest.raises(KeyStoreError):
+        store.approval_key()

@@ -617,3 +617,31 @@ def test_validly_signed_junk_claims_only_ever_raise_credential_errors(
 ) -> None:
     with pytest.raises(CredentialError):
         _FUZZ_VERIFIER.verify(sign_raw(_FUZZ_KEY, header, claims), **ACTION)
+
+
+# ---- approved passes ------------------------------------------------------------------------
+def test_an_approved_pass_names_its_approver(world: World) -> None:
+    from gatepass.credentials import PassApproval
+
+    approval = PassApproval(request_id="req-1", approver="sarah",
+                            approved_at=NOW - timedelta(seconds=2))
+    verified = world.verifier().verify(world.token(approval=approval), **ACTION)
+    assert verified.approver == "sarah"
+    assert verified.claims["approval"] == {"request_id": "req-1", "approver": "sarah",
+                                           "approved_at": T - 2}
+
+
+def test_a_pass_without_approval_has_no_approver(world: World) -> None:
+    assert world.verifier().verify(world.token(), **ACTION).approver is None
+
+
+@pytest.mark.parametrize("approval", [
+    "sarah", {"approver": "sarah"}, {"request_id": "r", "approver": "", "approved_at": T},
+    {"request_id": "r", "approver": "sarah", "approved_at": "yesterday"},
+    {"request_id": "r", "approver": "sarah", "approved_at": T + 3600},  # after issuance
+    {"request_id": "r", "approver": "sarah", "approved_at": T, "extra": 1},
+])
+def test_a_malformed_approval_claim_is_refused(world: World, approval: Any) -> None:
+    token = sign(world.store.active, world.claims(approval=approval))
+    with pytest.raises(ClaimInvalidError):
+        world.verifier().verify(token, **ACTION)
