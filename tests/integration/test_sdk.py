@@ -42,6 +42,6 @@ def test_guard_hands_the_pass_to_the_tool_and_blocks_denied_calls(stack: Stack) 
 
         assert place_order("ACME", Decimal("42.00")) == "ordered"
         with pytest.raises(AuthorizationDenied) as denied:
-            place_order("ACME", Decimal("50000.00"))  # above the 10,000 USD ceiling
+            place_order("ACME", Decimal("150000.00"))  # above the 100,000 USD ceiling
     assert denied.value.verdict.reasons == ("out_of_scope",)
     assert len(calls) == 1 and calls[0][2].count(".") == 2  # the tool got a compact JWS

@@ -68,10 +68,21 @@ class Verdict:
     decided_at: datetime | None = None
     facts: Mapping[str, Any] = field(default_factory=dict, repr=False)
     latency_ms: float | None = None
+    # Set when the intent needed its owner: the request while PENDING, who decided after.
+    approval: Mapping[str, Any] | None = field(default=None, repr=False)
 
     @property
     def allowed(self) -> bool:
         return self.decision == "ALLOW" and self.credential is not None
+
+    @property
+    def pending(self) -> bool:
+        """The owner is asked; `GatepassClient.wait_final` gives the final verdict."""
+        return self.decision == "PENDING"
+
+    @property
+    def approver(self) -> str | None:
+        return None if self.approval is None else self.approval.get("approver")
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any], latency_ms: float | None = None) -> Verdict:
@@ -80,7 +91,8 @@ class Verdict:
                    detail=rec.get("detail", ""), credential=rec.get("credential"),
                    credential_id=rec.get("credential_id"), expires_at=rec.get("expires_at"),
                    policy_version=rec["policy_version"], decided_at=rec["decided_at"],
-                   facts=rec.get("facts") or {}, latency_ms=latency_ms)
+                   facts=rec.get("facts") or {}, latency_ms=latency_ms,
+                   approval=rec.get("approval"))
 
 
 def _amount(value: Decimal | int | str | None) -> Decimal | None:
@@ -106,6 +118,8 @@ class GatepassClient:
         self.raise_on_deny = raise_on_deny
         self._codecs = schemas()
         self._pending: dict[str, tuple[Future[Verdict], float]] = {}
+        # intent id -> the final verdict of an intent that was answered PENDING
+        self._finals: dict[str, tuple[Future[Verdict], float]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", **_QUIET,
@@ -163,10 +177,28 @@ class GatepassClient:
                     continue
                 with self._lock:
                     entry = self._pending.pop(rec["intent_id"], None)
+                    if entry is None and rec["decision"] != "PENDING":
+                        # Kept (resolved) until wait_final takes it: it may come late.
+                        entry = self._finals.get(rec["intent_id"])
+                        if entry is not None and entry[0].done():
+                            entry = None  # a redelivered final: the first one stands
+                    elif entry is not None and rec["decision"] == "PENDING":
+                        # Listen for the final verdict from now on, before anyone asks.
+                        self._prune_finals()
+                        self._finals[rec["intent_id"]] = (Future(), entry[1])
                 if entry is not None:
                     fut, sent = entry
                     fut.set_result(Verdict.from_record(
                         rec, latency_ms=(time.perf_counter() - sent) * 1000))
+
+    def _prune_finals(self, keep: float = 3600.0) -> None:
+        """Forget final verdicts nobody asked for within `keep` seconds (lock held)."""
+        if len(self._finals) < 1000:
+            return
+        cutoff = time.perf_counter() - keep
+        for intent_id in [i for i, (f, sent) in self._finals.items()
+                          if f.done() and sent < cutoff]:
+            del self._finals[intent_id]
 
     def submit(self, intent: Intent) -> Future[Verdict]:
         """Publish one intent; the future resolves with its verdict (no timeout applied)."""
@@ -208,8 +240,13 @@ class GatepassClient:
                       delegation_chain=tuple(delegation_chain))
 
     def authorize(self, action: str, resource: str, *, timeout: float | None = None,
-                  raise_on_deny: bool | None = None, **kwargs: Any) -> Verdict:
-        """Send one intent and wait for its verdict; a timeout is a DENY (`sdk_timeout`)."""
+                  raise_on_deny: bool | None = None, wait_for_approval: float | None = None,
+                  **kwargs: Any) -> Verdict:
+        """Send one intent and wait for its verdict; a timeout is a DENY (`sdk_timeout`).
+
+        A high-risk action is answered PENDING while its owner is asked; with
+        `wait_for_approval` (seconds) this waits for the final verdict instead.
+        """
         intent = self.intent(action, resource, **kwargs)
         fut = self.submit(intent)
         try:
@@ -223,11 +260,38 @@ class GatepassClient:
             if self.raise_on_deny if raise_on_deny is None else raise_on_deny:
                 raise AuthorizationTimeout(verdict.detail, verdict=verdict) from None
             return verdict
+        if verdict.pending and wait_for_approval is not None:
+            verdict = self.wait_final(verdict, timeout=wait_for_approval)
         if not verdict.allowed and (self.raise_on_deny if raise_on_deny is None
                                     else raise_on_deny):
             raise AuthorizationDenied(f"{action} on {resource} denied: "
                                       f"{', '.join(verdict.reasons)}", verdict=verdict)
         return verdict
+
+    def wait_final(self, verdict: Verdict, timeout: float = 300.0) -> Verdict:
+        """The final verdict of a PENDING one (the owner approved, denied, or it expired).
+
+        No final verdict within `timeout` is a DENY `sdk_timeout` here, never an allow.
+        """
+        if not verdict.pending:
+            return verdict
+        with self._lock:
+            entry = self._finals.get(verdict.intent_id)
+        if entry is None:
+            return Verdict(intent_id=verdict.intent_id, agent_id=verdict.agent_id,
+                           decision="DENY", reasons=(SDK_TIMEOUT,),
+                           detail="this client is not waiting for that intent")
+        try:
+            final = entry[0].result(timeout=timeout)
+        except TimeoutError:
+            with self._lock:
+                self._finals.pop(verdict.intent_id, None)
+            return Verdict(intent_id=verdict.intent_id, agent_id=verdict.agent_id,
+                           decision="DENY", reasons=(SDK_TIMEOUT,),
+                           detail="no final verdict before the timeout", approval=verdict.approval)
+        with self._lock:
+            self._finals.pop(verdict.intent_id, None)
+        return final
 
     async def authorize_async(self, action: str, resource: str, **kwargs: Any) -> Verdict:
         """The asyncio form of `authorize` (the wait runs in a thread, not on the loop)."""

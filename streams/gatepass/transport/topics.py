@@ -46,6 +46,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.identity, n, compact, False),
         TopicSpec(t.dead_letter, 1, {"retention.ms": str(14 * _DAY_MS)}, False),
         TopicSpec(t.keys, 1, compact, False),
+        # Approvals: requests and decisions live in the agent's partition, like its intents.
+        TopicSpec(t.approvals, n, {"retention.ms": str(7 * _DAY_MS)}, True),
+        TopicSpec(t.approval_decisions, n, {"retention.ms": str(7 * _DAY_MS)}, True),
+        TopicSpec(t.approval_alerts, n, {"retention.ms": str(30 * _DAY_MS)}, False),
     ]
 
 

@@ -1,6 +1,9 @@
 """The faust application: three thin agents around the pipeline, plus JWKS and health pages.
 
-    intents        --decide_intents-->      verdicts, audit, denials, orphan-checks
+    intents        --decide_intents-->      verdicts, audit, denials, orphan-checks, approvals
+    approval-decisions --settle_approvals--> verdicts, audit, denials, approval-alerts
+    (timer)        --expire_approvals-->    approval-decisions (expiry ticks, in order)
+    approvals      --NoticeDispatcher-->    webhook, approver inboxes (own consumer group)
     orphan-checks  --raise_orphan_alerts--> orphan-alerts      (one per agent per episode)
     identity       --IdentityLoader-->      this worker's full identity view (every record)
     identity       --LifecycleFanout-->     orphan-checks (owner offboarded -> agents), repairs
@@ -26,6 +29,10 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaError
 
+from gatepass.approvals.dispatch import NoticeDispatcher
+from gatepass.approvals.inbox import InboxNotifier
+from gatepass.approvals.notice import Notifier
+from gatepass.approvals.webhook import WebhookNotifier
 from gatepass.codec.avro import SchemaSet, schemas
 from gatepass.config import Settings
 from gatepass.core import IdentityState, ScopePolicy
@@ -35,7 +42,7 @@ from gatepass.logs import decision_log_fields
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.lifecycle_fanout import LifecycleFanout
-from gatepass.worker.memo import ExpiryIndex
+from gatepass.worker.memo import ApprovalTimer, ExpiryIndex
 from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
 from gatepass.worker.pipeline import Outgoing, Pipeline
 from gatepass.worker.policy import load_scope_policy
@@ -78,15 +85,28 @@ class Runtime:
         self.schemas: SchemaSet = schemas()
         self.policy: ScopePolicy = load_scope_policy(settings.scope_file)
         self.keystore = KeyStore.open(settings.keystore_dir)
+        self._approval_key = self.keystore.approval_key()
         self.issuer = PassIssuer(self.keystore, issuer=settings.issuer, ttl=settings.pass_ttl)
         self.identity = IdentityState()
         self.loader = IdentityLoader(settings, self.schemas, self.identity)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.pipeline = Pipeline(settings=settings, schemas=self.schemas, policy=self.policy,
                                  issuer=self.issuer, identity=self.identity,
-                                 ready=lambda: self.loader.ready, worker=self.name)
+                                 ready=lambda: self.loader.ready, worker=self.name,
+                                 approval_key=self.approval_key)
         self.metrics = WorkerMetrics()
         self.keys_published = False
+
+    def approval_key(self) -> bytes:
+        return self._approval_key
+
+    def channels(self) -> list[Notifier]:
+        """Where approvers hear of requests: their inbox (the CLI) and the webhook if set."""
+        channels: list[Notifier] = [InboxNotifier(self.settings.approval_inbox)]
+        url, secret = self.settings.approval_webhook_url, self.settings.approval_webhook_secret
+        if url is not None and secret is not None:
+            channels.append(WebhookNotifier(url, secret.reveal()))
+        return channels
 
 
 def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
@@ -123,6 +143,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                          value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     intents, orphan_checks = raw_topic(t.intents), raw_topic(t.orphan_checks)
+    approval_decisions = raw_topic(t.approval_decisions)
     # intent id -> DecisionRecord of its verdict; agent id -> last OrphanAlert (raw Avro)
     expiry = ExpiryIndex(settings.dedupe_horizon.total_seconds())
 
@@ -136,6 +157,27 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     alerted = app.Table("alerted", default=None, partitions=settings.partitions,
                         key_type=bytes, value_type=bytes)
     decided_view, alerted_view = _BytesKeyed(decided), _BytesKeyed(alerted)
+
+    # intent id -> ApprovalRequest while it waits for its owner; `due` knows when each expires
+    due = ApprovalTimer()
+
+    async def index_pending(event: Any) -> None:
+        msg = event.message
+        if msg.value is None:
+            due.discard(msg.key)
+            return
+        try:
+            request = rt.schemas.approval_request.decode(msg.value)
+        except Exception:  # written by a worker: if unreadable it cannot expire
+            log.error("unreadable pending approval in the changelog, partition %d",
+                      msg.partition)
+            return
+        due.add(msg.key, request["expires_at"].timestamp(), request["intent"]["agent_id"],
+                msg.partition)
+
+    pending = app.Table("pending-approvals", default=None, partitions=settings.partitions,
+                        key_type=bytes, value_type=bytes, on_changelog_event=index_pending)
+    pending_view = _BytesKeyed(pending)
 
     metrics = rt.metrics
 
@@ -180,6 +222,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 key = out.remember[0].encode()
                 decided[key] = out.remember[1]
                 expiry.add(msg.partition, key, time.time())
+            if out.pending is not None and out.expires_at is not None:
+                key = out.pending[0].encode()
+                pending[key] = out.pending[1]
+                due.add(key, out.expires_at.timestamp(), msg.key.decode(), msg.partition)
             for old in expiry.due(msg.partition, time.time()):
                 if old in decided:
                     del decided[old]  # a tombstone in this partition's changelog
@@ -191,6 +237,54 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             elif out.intent_id is not None:
                 metrics.observe_decision(out.decision, out.reasons, out.requested_at,
                                          out.issued)
+
+    @app.agent(approval_decisions)
+    async def settle_approvals(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            await rt.loader.wait_ready()  # who may approve is read from the identity view
+            out = rt.pipeline.on_approval(msg.key, msg.value, partition=msg.partition,
+                                          offset=msg.offset, pending=pending_view,
+                                          decided=decided_view)
+            # Both state changes before any await: no other event can see one without the other.
+            if out.remember is not None:
+                key = out.remember[0].encode()
+                decided[key] = out.remember[1]
+                expiry.add(msg.partition, key, time.time())
+            if out.finish is not None:
+                key = out.finish.encode()
+                if key in pending:
+                    del pending[key]
+                due.discard(key)
+            await send(out.records, t.approval_decisions)
+            if out.record is not None:
+                log.info("decision", extra=decision_log_fields(out.record))
+            if out.final is not None and out.reason is not None:
+                metrics.approval_outcomes.labels(decision=out.final, reason=out.reason).inc()
+                metrics.observe_decision(out.final, (out.reason,), None,
+                                         out.final == "ALLOW")
+            if out.alert is not None:
+                metrics.approval_alerts.labels(reason=out.alert).inc()
+
+    @app.timer(interval=1.0)
+    async def expire_approvals() -> None:
+        """Requests expire on the processor's own clock, even if nothing else arrives: a tick
+        goes into the agent's partition, so it is ordered with the decisions there."""
+        for key, agent_id, partition, expires_at in due.take_due(time.time()):
+            tick = rt.schemas.approval_timeout.encode({
+                "request_id": "", "intent_id": key.decode(), "agent_id": agent_id,
+                "expires_at": datetime.fromtimestamp(expires_at, UTC),
+                "raised_at": datetime.now(UTC)})
+            await send_one(Outgoing(t.approval_decisions, agent_id.encode(), tick, partition))
+
+    dispatcher = NoticeDispatcher(
+        settings, rt.schemas, rt.approval_key, rt.channels(),
+        on_result=lambda channel, ok: metrics.approval_notices.labels(
+            channel=channel, result="delivered" if ok else "failed").inc())
+
+    @app.task
+    async def notify_approvers() -> None:
+        await dispatcher.run()
 
     @app.agent(orphan_checks)
     async def raise_orphan_alerts(stream: Any) -> None:
@@ -211,6 +305,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         for tp in revoked:
             if tp.topic == t.intents:
                 expiry.forget_partition(tp.partition)
+            if tp.topic == t.approval_decisions:
+                due.forget_partition(tp.partition)
 
     @app.task
     async def load_identity() -> None:
@@ -262,6 +358,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         metrics.identity_records.set(len(rt.identity))
         metrics.identity_ready.set(1 if rt.loader.ready else 0)
         metrics.remembered.set(len(expiry))
+        metrics.approvals_pending.set(len(due))
         metrics.key_age.set((datetime.now(UTC) - rt.keystore.active_since).total_seconds())
         metrics.lag.clear()
         for partition, lag in (await intent_lag()).items():

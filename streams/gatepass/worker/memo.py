@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["ExpiryIndex"]
+__all__ = ["ApprovalTimer", "ExpiryIndex"]
 
 
 class ExpiryIndex:
@@ -45,3 +45,39 @@ class ExpiryIndex:
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._keys.values())
+
+
+class ApprovalTimer:
+    """When each pending approval request of this worker's partitions expires.
+
+    The timer asks for the due ones every second; each is ticked (an ApprovalTimeout record
+    into its partition) and ticked again after `retick` seconds if it is still pending, so a
+    tick lost in a crash or rebalance is made good.
+    """
+
+    def __init__(self, *, retick: float = 5.0) -> None:
+        self.retick = retick
+        # key -> (expires_at, agent_id, partition, last tick or 0)
+        self._entries: dict[bytes, tuple[float, str, int, float]] = {}
+
+    def add(self, key: bytes, expires_at: float, agent_id: str, partition: int) -> None:
+        self._entries[key] = (expires_at, agent_id, partition, 0.0)
+
+    def discard(self, key: bytes) -> None:
+        self._entries.pop(key, None)
+
+    def forget_partition(self, partition: int) -> None:
+        for key in [k for k, v in self._entries.items() if v[2] == partition]:
+            del self._entries[key]
+
+    def take_due(self, now: float) -> list[tuple[bytes, str, int, float]]:
+        due = []
+        for key, (expires_at, agent_id, partition, ticked) in self._entries.items():
+            if expires_at <= now and now - ticked >= self.retick:
+                due.append((key, agent_id, partition, expires_at))
+        for key, agent_id, partition, expires_at in due:
+            self._entries[key] = (expires_at, agent_id, partition, now)
+        return due
+
+    def __len__(self) -> int:
+        return len(self._entries)

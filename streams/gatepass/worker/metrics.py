@@ -55,6 +55,18 @@ class WorkerMetrics:
         self.lag = Gauge(
             "gatepass_consumer_lag", "Intents not yet read, per assigned partition.",
             ["topic", "partition"], registry=r)
+        self.approvals_pending = Gauge(
+            "gatepass_approvals_pending", "Requests waiting for their owner on this worker.",
+            registry=r)
+        self.approval_outcomes = Counter(
+            "gatepass_approval_outcomes", "Final verdicts of approval requests, by reason.",
+            ["decision", "reason"], registry=r)
+        self.approval_alerts = Counter(
+            "gatepass_approval_alerts", "Approval decision events refused, by reason.",
+            ["reason"], registry=r)
+        self.approval_notices = Counter(
+            "gatepass_approval_notices", "Approval notices handed to a channel, by result.",
+            ["channel", "result"], registry=r)
         self.last_progress = time.monotonic()
 
     def observe_decision(self, decision: str, reasons: tuple[str, ...],
