@@ -45,6 +45,7 @@ __all__ = [
     "ApprovalRules",
     "Judgement",
     "PendingApproval",
+    "approvable",
     "approval_code",
     "decision_proof",
     "judge",
@@ -282,6 +283,13 @@ def _judge(pending: PendingApproval | None, finalized: Finalized | None,
             if finalized.decision_id is not None and \
                     finalized.decision_id == decision.decision_id:
                 return Judgement(repeat=True, detail="redelivered decision")
+            approver = identity.principal(decision.approver)
+            if approver is None or approver.status is not PrincipalStatus.ACTIVE:
+                # Tell the SOC the most telling thing: someone who is gone tried to approve.
+                return Judgement(alert=Reason.APPROVER_INACTIVE,
+                                 detail=f"approver {decision.approver!r} is "
+                                        + (approver.status.value if approver else "unknown")
+                                        + " (and the request was already decided)")
             return Judgement(alert=Reason.APPROVAL_REPLAYED,
                              detail="the request was already decided: the first decision won")
         return Judgement(alert=Reason.APPROVAL_UNKNOWN,
@@ -328,10 +336,43 @@ def _judge(pending: PendingApproval | None, finalized: Finalized | None,
                      detail=f"denied by {decision.approver}")
 
 
-def judge_timeout(pending: PendingApproval | None, *, now: datetime) -> Judgement:
-    """The processor's own timer: a pending request past its expiry ends as expired."""
-    if pending is None or now < pending.expires_at:
+def judge_timeout(pending: PendingApproval | None, *, now: datetime,
+                  identity: _Identity | None = None) -> Judgement:
+    """The processor's own timer: a pending request ends as `approval_expired` once due, and
+    at once as `agent_inactive` / `owner_inactive` when nobody can approve it any more (the
+    agent was suspended, or its owner left: a delegate cannot approve for a departed owner)."""
+    if pending is None:
         return Judgement()
-    return Judgement(final=Decision.DENY, reason=Reason.APPROVAL_EXPIRED,
-                     detail=f"no valid decision before {pending.expires_at.isoformat()}")
+    if now >= pending.expires_at:
+        return Judgement(final=Decision.DENY, reason=Reason.APPROVAL_EXPIRED,
+                         detail=f"no valid decision before {pending.expires_at.isoformat()}")
+    if identity is None:
+        return Judgement()
+    try:
+        return _still_approvable(pending, identity)
+    except Exception as exc:  # an erroring lookup keeps it pending; the expiry still ends it
+        return Judgement(detail=f"approval state check failed: {type(exc).__name__}")
 
+
+def approvable(pending_agent: str, identity: _Identity) -> bool:
+    """Whether a request of this agent could still be approved (its agent and owner active)."""
+    agent = identity.agent(pending_agent)
+    if agent is None or agent.status is not AgentStatus.ACTIVE or not agent.owner:
+        return False
+    owner = identity.principal(agent.owner)
+    return owner is not None and owner.status is PrincipalStatus.ACTIVE
+
+
+def _still_approvable(pending: PendingApproval, identity: _Identity) -> Judgement:
+    agent = identity.agent(pending.intent.agent_id)
+    if agent is None or agent.status is not AgentStatus.ACTIVE:
+        return Judgement(final=Decision.DENY, reason=Reason.AGENT_INACTIVE,
+                         detail="the agent is " + (agent.status.value if agent else "unknown")
+                                + ": the request can no longer be approved")
+    owner = identity.principal(agent.owner) if agent.owner else None
+    if owner is None or owner.status is not PrincipalStatus.ACTIVE:
+        return Judgement(final=Decision.DENY, reason=Reason.OWNER_INACTIVE,
+                         detail=f"owner {agent.owner!r} is "
+                                + (owner.status.value if owner else "unknown")
+                                + ": the request can no longer be approved")
+    return Judgement()

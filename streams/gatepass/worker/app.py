@@ -32,10 +32,12 @@ from aiokafka.errors import KafkaError
 from gatepass.approvals.dispatch import NoticeDispatcher
 from gatepass.approvals.inbox import InboxNotifier
 from gatepass.approvals.notice import Notifier
+from gatepass.approvals.page import install_approval_pages
 from gatepass.approvals.webhook import WebhookNotifier
 from gatepass.codec.avro import SchemaSet, schemas
 from gatepass.config import Settings
 from gatepass.core import IdentityState, ScopePolicy
+from gatepass.core.approval import approvable
 from gatepass.credentials import KeyStore, PassIssuer
 from gatepass.errors import BrokerError
 from gatepass.logs import decision_log_fields
@@ -268,9 +270,14 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @app.timer(interval=1.0)
     async def expire_approvals() -> None:
-        """Requests expire on the processor's own clock, even if nothing else arrives: a tick
-        goes into the agent's partition, so it is ordered with the decisions there."""
-        for key, agent_id, partition, expires_at in due.take_due(time.time()):
+        """Requests expire on the processor's own clock, even if nothing else arrives, and end
+        at once when their agent or its owner is no longer active: a tick goes into the
+        agent's partition, so it is ordered with the decisions there."""
+        def still_approvable(agent_id: str) -> bool:
+            return approvable(agent_id, rt.identity)
+
+        for key, agent_id, partition, expires_at in due.take_due(time.time(),
+                                                                 still_approvable):
             tick = rt.schemas.approval_timeout.encode({
                 "request_id": "", "intent_id": key.decode(), "agent_id": agent_id,
                 "expires_at": datetime.fromtimestamp(expires_at, UTC),
@@ -384,4 +391,5 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 "policy_version": rt.policy.version, "remembered_intents": len(expiry)}
         return web.json(body, status=200 if ready else 503)
 
+    install_approval_pages(app, settings, rt.approval_key)
     return app, rt

@@ -11,6 +11,7 @@ the clock on live writes, so nothing has to be decoded to expire it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 __all__ = ["ApprovalTimer", "ExpiryIndex"]
 
@@ -70,10 +71,12 @@ class ApprovalTimer:
         for key in [k for k, v in self._entries.items() if v[2] == partition]:
             del self._entries[key]
 
-    def take_due(self, now: float) -> list[tuple[bytes, str, int, float]]:
+    def take_due(self, now: float, approvable: Callable[[str], bool] = lambda _: True,
+                 ) -> list[tuple[bytes, str, int, float]]:
+        """Requests past their expiry, and those whose agent can no longer be approved."""
         due = []
         for key, (expires_at, agent_id, partition, ticked) in self._entries.items():
-            if expires_at <= now and now - ticked >= self.retick:
+            if now - ticked >= self.retick and (expires_at <= now or not approvable(agent_id)):
                 due.append((key, agent_id, partition, expires_at))
         for key, agent_id, partition, expires_at in due:
             self._entries[key] = (expires_at, agent_id, partition, now)

@@ -328,7 +328,7 @@ class Pipeline:
             request = None if raw is None else pending_from_record(
                 codecs.approval_request.decode(raw))
             if event is None:
-                verdict = judge_timeout(request, now=now)
+                verdict = judge_timeout(request, now=now, identity=self.identity)
             else:
                 verdict = judge(request, self._finalized(decided.get(intent_id)), event,
                                 identity=self.identity, rules=self.policy.approval,

@@ -29,6 +29,7 @@ from gatepass.core.approval import (
     ApprovalDecision,
     Finalized,
     PendingApproval,
+    approvable,
     approval_code,
     decision_proof,
     judge,
@@ -139,6 +140,24 @@ def test_timer_expires_a_request_only_once_it_is_due(seconds: float, expired: bo
     got = judge_timeout(PENDING, now=REQUESTED + timedelta(seconds=seconds))
     assert (got.final is Decision.DENY and got.reason is Reason.APPROVAL_EXPIRED) is expired
     assert got.final is not None or not expired
+
+
+@pytest.mark.parametrize(("events", "reason"), [
+    ([{"kind": "principal_status", "principal": "sarah", "status": "offboarded"}],
+     Reason.OWNER_INACTIVE),
+    ([{"kind": "principal_status", "principal": "sarah", "status": "suspended"}],
+     Reason.OWNER_INACTIVE),
+    ([{"kind": "agent_status", "agent": "procure-bot", "status": "suspended"}],
+     Reason.AGENT_INACTIVE),
+    ([], None),
+    ([{"kind": "principal_status", "principal": "cfo", "status": "offboarded"}], None),
+])
+def test_timer_ends_a_request_nobody_can_approve_any_more(
+        events: list[dict[str, Any]], reason: Reason | None) -> None:
+    got = judge_timeout(PENDING, now=REQUESTED + timedelta(seconds=1), identity=world(events))
+    assert got.reason is reason
+    assert (got.final is Decision.DENY) is (reason is not None)
+    assert approvable("procure-bot", world(events)) is (reason is None)
 
 
 def test_timer_for_a_finished_request_does_nothing() -> None:

@@ -177,7 +177,10 @@ def test_default_policy_ships_with_the_package_and_loads() -> None:
     assert policy == ScopePolicy.from_toml(DEFAULT_SCOPE_FILE.read_text())
     assert set(policy.purposes) == {"procurement", "infrastructure", "support"}
     assert policy.purposes["procurement"]["purchase_order.create"] == ActionRule(
-        max_amount=Decimal("10000.00"), currency="USD")
+        max_amount=Decimal("100000.00"), currency="USD")
+    assert policy.approval.thresholds[("procurement", "purchase_order.create")].above == \
+        Decimal("10000.00")
+    assert policy.approval.always == {"infrastructure", "customer_data"}
     assert policy.purposes["infrastructure"]["cloud.provision"] == ActionRule(
         max_amount=Decimal("2000.00"), currency="USD")
     assert policy.check("procurement", "purchase_order.create", Decimal("120.00"), "USD") is None

@@ -239,7 +239,7 @@ def test_owner_inactive_emits_an_orphan_check(rig: Rig) -> None:
 
 
 def test_other_denials_emit_no_orphan_check(rig: Rig) -> None:
-    out = send_intent(rig, intent_bytes(amount=Decimal("10000.01")))
+    out = send_intent(rig, intent_bytes(amount=Decimal("100000.01")))
     assert out.reasons == ("out_of_scope",)
     assert TOPICS.orphan_checks not in [r.topic for r in out.records]
 
