@@ -33,7 +33,7 @@ AUDIENCE = "procurement-api"
 # Every field `intent --json` promises (README, CLI table).
 INTENT_JSON_FIELDS = {"intent_id", "agent_id", "decision", "reasons", "detail", "credential",
                       "credential_id", "expires_at", "policy_version", "decided_at",
-                      "latency_ms"}
+                      "latency_ms", "approval"}
 # Private JWK members (RFC 7517/7518); none may ever be printed.
 PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k"}
 

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 
 from gatepass.approvals.notice import ApprovalNotice, Notifier
 from gatepass.codec.avro import SchemaSet
+from gatepass.codec.records import intent_from_record
 from gatepass.config import Settings
 from gatepass.core.approval import approval_code
 from gatepass.errors import GatepassError
@@ -41,7 +42,7 @@ def approval_link(base_url: str, *, agent_id: str, request_id: str, approver: st
 def notices_for(request: Mapping[str, Any], *, key: bytes, base_url: str) -> list[ApprovalNotice]:
     """One notice per approver of a decoded ApprovalRequest record."""
     intent = request["intent"]
-    amount = intent.get("amount")
+    amount = intent_from_record(intent).amount  # 50000.0000 on the wire -> 50000.00
     notices = []
     for approver in request["approvers"]:
         code = approval_code(key, str(request["request_id"]), approver)

@@ -42,12 +42,15 @@ def register(sub: Any) -> None:
 
 
 def _row(view: Any, codes: dict[str, str]) -> dict[str, Any]:
+    from gatepass.codec.records import intent_from_record
+
     req, intent = view.request, view.intent
+    amount = intent_from_record(intent).amount  # 50000.0000 on the wire -> 50000.00
     row = {"intent_id": intent["intent_id"], "request_id": view.request_id,
            "agent_id": intent["agent_id"], "owner": req["owner"],
            "approvers": list(req["approvers"]), "purpose": req.get("purpose"),
            "action": intent["action"], "resource": intent["resource"],
-           "amount": None if intent.get("amount") is None else str(intent["amount"]),
+           "amount": None if amount is None else str(amount),
            "currency": intent.get("currency"), "why": list(req["why"]),
            "requested_at": req["requested_at"], "expires_at": req["expires_at"],
            "status": view.status}

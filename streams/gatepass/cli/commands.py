@@ -105,7 +105,8 @@ def verdict_json(v: Any) -> dict[str, Any]:
             "reasons": list(v.reasons), "detail": v.detail, "credential": v.credential,
             "credential_id": v.credential_id, "expires_at": v.expires_at,
             "policy_version": v.policy_version, "decided_at": v.decided_at,
-            "latency_ms": None if v.latency_ms is None else round(v.latency_ms, 3)}
+            "latency_ms": None if v.latency_ms is None else round(v.latency_ms, 3),
+            "approval": None if v.approval is None else dict(v.approval)}
 
 
 def cmd_intent(ns: argparse.Namespace, settings: Settings) -> int:
@@ -115,6 +116,12 @@ def cmd_intent(ns: argparse.Namespace, settings: Settings) -> int:
         verdict = client.authorize(ns.action, ns.resource, amount=ns.amount,
                                    currency=ns.currency, audience=ns.audience,
                                    agent_id=ns.agent, delegation_chain=ns.delegated_by)
+        if verdict.pending and ns.wait_approval:
+            if not ns.json:
+                print(f"PENDING pending_approval  intent {verdict.intent_id}\n  {verdict.detail}"
+                      f"\n  waiting up to {ns.wait_approval:.0f}s for the owner's decision",
+                      flush=True)
+            verdict = client.wait_final(verdict, timeout=ns.wait_approval)
     if ns.json:
         print(dumps(verdict_json(verdict)))
     else:
@@ -125,6 +132,8 @@ def cmd_intent(ns: argparse.Namespace, settings: Settings) -> int:
             print(f"  pass {verdict.credential_id} expires "
                   f"{verdict.expires_at:%Y-%m-%d %H:%M:%S}Z")
             print(f"  {verdict.credential}")
+        if verdict.approver:
+            print(f"  approved by {verdict.approver}")
     return 0 if verdict.allowed else 1
 
 
