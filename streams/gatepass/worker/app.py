@@ -10,8 +10,9 @@
 
 Each agent is a loop: read, call the pipeline, send what it returns. Produce calls are not
 awaited for acknowledgement one by one; faust flushes the producer before it commits offsets,
-so a crash re-delivers anything not yet written (at least once), and the `decided` table
-turns a re-delivery into the same verdict.
+and the DeliveryGuard (worker/delivery.py) makes that flush wait until every record sent
+succeeded, re-sending failed ones. So a crash re-delivers anything not yet written (at least
+once), and the `decided` table turns a re-delivery into the same verdict.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 
 from gatepass.approvals.dispatch import NoticeDispatcher
 from gatepass.approvals.inbox import InboxNotifier
@@ -41,6 +43,7 @@ from gatepass.core.approval import approvable
 from gatepass.credentials import KeyStore, PassIssuer
 from gatepass.errors import BrokerError
 from gatepass.logs import decision_log_fields
+from gatepass.worker.delivery import DeliveryGuard
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.lifecycle_fanout import LifecycleFanout
@@ -189,19 +192,36 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 metrics.dead_letters.labels(topic=source).inc()
             await send_one(r)
 
+    async def queue(r: Outgoing) -> Any:
+        return await app.producer.send(r.topic, r.key, r.value, r.partition, None, None)
+
+    guard = DeliveryGuard(queue, lambda: _producer_flush(), on_resend=metrics.records_resent.inc)
+    producer_flush: list[Any] = []
+
+    async def _producer_flush() -> None:
+        await producer_flush[0]()
+
+    def guard_commits() -> None:
+        """faust flushes the producer before each commit: make that flush the guard's."""
+        if not producer_flush:
+            producer_flush.append(app.producer.flush)
+            app.producer.flush = guard.flush  # type: ignore[method-assign]
+
     async def send_one(r: Outgoing) -> None:
         """Retry until the record is queued: while the broker is away the agent waits.
 
         An exception here would crash the agent, and faust would resume it *after* the
         event in hand and the events it had buffered, and later commit past them: intents
-        without an answer (seen in the fault suite during a hard broker restart).
+        without an answer (seen in the fault suite during a hard broker restart). Whether
+        the queued record is then acknowledged is the DeliveryGuard's business.
         """
+        guard_commits()
         delay = 0.1
         while True:
             try:
-                await app.producer.send(r.topic, r.key, r.value, r.partition, None, None)
+                await guard.send(r)
                 return
-            except (KafkaError, TimeoutError) as exc:
+            except (KafkaError, ProducerSendError, TimeoutError) as exc:
                 log.warning("could not queue a record for %s (%s); retrying in %.1fs",
                             r.topic, type(exc).__name__, delay)
                 await asyncio.sleep(delay)

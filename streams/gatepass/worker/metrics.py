@@ -67,6 +67,9 @@ class WorkerMetrics:
         self.approval_notices = Counter(
             "gatepass_approval_notices", "Approval notices handed to a channel, by result.",
             ["channel", "result"], registry=r)
+        self.records_resent = Counter(
+            "gatepass_records_resent", "Records written again because the first write was "
+            "not acknowledged before a commit.", registry=r)
         self.last_progress = time.monotonic()
 
     def observe_decision(self, decision: str, reasons: tuple[str, ...],
