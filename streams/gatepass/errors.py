@@ -28,6 +28,11 @@ CLI output and HTTP error bodies, so scripts can match on them. Never reuse or r
     │   ├── TokenReplayedError      replayed
     │   └── ReplayCacheFullError    replay_cache_full
     ├── NotificationError           notification_failed
+    ├── ConnectorError              connector_error
+    │   ├── UnauthenticatedError    unauthenticated
+    │   ├── PayloadInvalidError     payload_invalid
+    │   ├── PublishFailedError      publish_failed
+    │   └── GraphUnavailableError   graph_unavailable
     ├── BrokerError                 broker_unavailable
     │   └── KafkaInstallError       kafka_install_failed
     └── AuthorizationError          authorization_error
@@ -49,9 +54,11 @@ __all__ = [
     "ClaimInvalidError",
     "ClaimMissingError",
     "ConfigError",
+    "ConnectorError",
     "CredentialError",
     "DecodeError",
     "GatepassError",
+    "GraphUnavailableError",
     "HeaderNotAllowedError",
     "JwksError",
     "KafkaInstallError",
@@ -59,6 +66,8 @@ __all__ = [
     "KeyUnknownError",
     "LifetimeExceededError",
     "NotificationError",
+    "PayloadInvalidError",
+    "PublishFailedError",
     "RecordInvalidError",
     "ReplayCacheFullError",
     "ScopeMismatchError",
@@ -69,6 +78,7 @@ __all__ = [
     "TokenReplayedError",
     "TokenTooLargeError",
     "TypeInvalidError",
+    "UnauthenticatedError",
     "UnknownSchemaError",
 ]
 
@@ -225,6 +235,41 @@ class NotificationError(GatepassError):
     """An approval notice could not be delivered to its channel (after the channel's retries)."""
 
     code = "notification_failed"
+
+
+class ConnectorError(GatepassError):
+    """An identity connector refused a request or could not complete it."""
+
+    code = "connector_error"
+    status = 500  # the HTTP status the receiver answers with
+
+
+class UnauthenticatedError(ConnectorError):
+    """The caller did not prove it is the configured identity provider."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class PayloadInvalidError(ConnectorError):
+    """The body is not what the provider documents; nothing was published."""
+
+    code = "payload_invalid"
+    status = 400
+
+
+class PublishFailedError(ConnectorError):
+    """Kafka did not acknowledge the lifecycle events in time; the provider should retry."""
+
+    code = "publish_failed"
+    status = 503
+
+
+class GraphUnavailableError(ConnectorError):
+    """Microsoft Graph could not be asked about the changed user; the provider should retry."""
+
+    code = "graph_unavailable"
+    status = 503
 
 
 class BrokerError(GatepassError):

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--delegated-by", action="append", default=[], metavar="AGENT",
                    help="an agent in the delegation chain (repeat, originator first)")
     i.add_argument("--timeout", type=float, default=10.0)
+    i.add_argument("--wait-approval", type=float, default=0.0, metavar="SECONDS",
+                   help="if the owner must approve (PENDING), wait this long for the final "
+                        "verdict (default: print PENDING and exit 1)")
     i.add_argument("--json", action="store_true", help="one JSON object on one line")
 
     sub.add_parser("jwks", help="print the public keys (JWKS) of the local key store")
@@ -135,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each: (subparsers) -> None, adding parsers with set_defaults(handler=...).
 _EXTENSIONS: list[Callable[[Any], None]] = []
+_EXTENSIONS.append(__import__("gatepass.cli.imports", fromlist=["register"]).register)
+from gatepass.cli.connectors import register as register_connectors  # noqa: E402
+
+_EXTENSIONS.append(register_connectors)
+from gatepass.cli.approvals import register as register_approvals  # noqa: E402
+
+_EXTENSIONS.append(register_approvals)
 
 
 def _settings(ns: argparse.Namespace) -> Settings:

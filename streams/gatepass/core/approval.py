@@ -62,7 +62,8 @@ _PROOF_LABEL = "gatepass-approval-decision"
 
 class _Identity(Protocol):
     def agent(self, agent_id: str) -> AgentRecord | None: ...
-    def principal(self, principal_id: str) -> PrincipalRecord | None: ...
+    def principal(self, principal_id: str,
+                  now: datetime | None = None) -> PrincipalRecord | None: ...
 
 
 # ---- which intents need approval -------------------------------------------------------------
@@ -283,7 +284,7 @@ def _judge(pending: PendingApproval | None, finalized: Finalized | None,
             if finalized.decision_id is not None and \
                     finalized.decision_id == decision.decision_id:
                 return Judgement(repeat=True, detail="redelivered decision")
-            approver = identity.principal(decision.approver)
+            approver = identity.principal(decision.approver, now)
             if approver is None or approver.status is not PrincipalStatus.ACTIVE:
                 # Tell the SOC the most telling thing: someone who is gone tried to approve.
                 return Judgement(alert=Reason.APPROVER_INACTIVE,
@@ -316,7 +317,7 @@ def _judge(pending: PendingApproval | None, finalized: Finalized | None,
         return Judgement(alert=Reason.APPROVAL_FORGED,
                          detail=f"{decision.approver!r} is neither the agent's owner nor a "
                                 "delegate of the owner")
-    approver = identity.principal(decision.approver)
+    approver = identity.principal(decision.approver, now)
     if approver is None or approver.status is not PrincipalStatus.ACTIVE:
         return Judgement(alert=Reason.APPROVER_INACTIVE,
                          detail=f"approver {decision.approver!r} is "
@@ -324,7 +325,7 @@ def _judge(pending: PendingApproval | None, finalized: Finalized | None,
     if agent is None or agent.status is not AgentStatus.ACTIVE:
         return Judgement(alert=Reason.AGENT_INACTIVE,
                          detail="the agent is " + (agent.status.value if agent else "unknown"))
-    owner = identity.principal(owner_id) if owner_id else None
+    owner = identity.principal(owner_id, now) if owner_id else None
     if owner is None or owner.status is not PrincipalStatus.ACTIVE:
         return Judgement(alert=Reason.OWNER_INACTIVE,
                          detail=f"owner {owner_id!r} is "
@@ -349,27 +350,28 @@ def judge_timeout(pending: PendingApproval | None, *, now: datetime,
     if identity is None:
         return Judgement()
     try:
-        return _still_approvable(pending, identity)
+        return _still_approvable(pending, identity, now)
     except Exception as exc:  # an erroring lookup keeps it pending; the expiry still ends it
         return Judgement(detail=f"approval state check failed: {type(exc).__name__}")
 
 
-def approvable(pending_agent: str, identity: _Identity) -> bool:
+def approvable(pending_agent: str, identity: _Identity, now: datetime | None = None) -> bool:
     """Whether a request of this agent could still be approved (its agent and owner active)."""
     agent = identity.agent(pending_agent)
     if agent is None or agent.status is not AgentStatus.ACTIVE or not agent.owner:
         return False
-    owner = identity.principal(agent.owner)
+    owner = identity.principal(agent.owner, now)
     return owner is not None and owner.status is PrincipalStatus.ACTIVE
 
 
-def _still_approvable(pending: PendingApproval, identity: _Identity) -> Judgement:
+def _still_approvable(pending: PendingApproval, identity: _Identity,
+                      now: datetime) -> Judgement:
     agent = identity.agent(pending.intent.agent_id)
     if agent is None or agent.status is not AgentStatus.ACTIVE:
         return Judgement(final=Decision.DENY, reason=Reason.AGENT_INACTIVE,
                          detail="the agent is " + (agent.status.value if agent else "unknown")
                                 + ": the request can no longer be approved")
-    owner = identity.principal(agent.owner) if agent.owner else None
+    owner = identity.principal(agent.owner, now) if agent.owner else None
     if owner is None or owner.status is not PrincipalStatus.ACTIVE:
         return Judgement(final=Decision.DENY, reason=Reason.OWNER_INACTIVE,
                          detail=f"owner {agent.owner!r} is "

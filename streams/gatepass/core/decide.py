@@ -38,7 +38,8 @@ _MAX_CONTEXT = 64
 
 class IdentityView(Protocol):
     def agent(self, agent_id: str) -> AgentRecord | None: ...
-    def principal(self, principal_id: str) -> PrincipalRecord | None: ...
+    def principal(self, principal_id: str, now: datetime | None = None
+                  ) -> PrincipalRecord | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ def _decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now:
                               agent_status=agent.status.value if agent else None)
         return _deny(version, (Reason.UNREGISTERED_AGENT,), facts,
                      f"agent {intent.agent_id!r} is not registered")
-    owner = identity.principal(agent.owner) if agent.owner else None
+    owner = identity.principal(agent.owner, now) if agent.owner else None
     facts = IdentityFacts(
         agent_registered=True, agent_status=agent.status.value, agent_status_at=agent.status_at,
         owner=agent.owner, owner_status=owner.status.value if owner else None,
@@ -146,7 +147,7 @@ def _decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now:
     if orphaned:
         reasons.append(Reason.OWNER_INACTIVE)
         details.append(f"owner {agent.owner!r} is " + (owner.status.value if owner else "unknown"))
-    chain_problem = _check_chain(intent, identity, policy)
+    chain_problem = _check_chain(intent, identity, policy, now)
     if chain_problem:
         reasons.append(Reason.DELEGATION_DENIED)
         details.append(chain_problem)
@@ -167,7 +168,8 @@ def _decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now:
                           detail=f"{intent.action} allowed for purpose {agent.purpose!r}")
 
 
-def _check_chain(intent: Intent, identity: IdentityView, policy: ScopePolicy) -> str | None:
+def _check_chain(intent: Intent, identity: IdentityView, policy: ScopePolicy,
+                 now: datetime) -> str | None:
     """Every delegating agent must pass the same checks: no escalation through delegation."""
     for delegator in intent.delegation_chain:
         agent = identity.agent(delegator)
@@ -175,7 +177,7 @@ def _check_chain(intent: Intent, identity: IdentityView, policy: ScopePolicy) ->
             return f"delegating agent {delegator!r} is not registered"
         if agent.status is not AgentStatus.ACTIVE:
             return f"delegating agent {delegator!r} is {agent.status.value}"
-        owner = identity.principal(agent.owner) if agent.owner else None
+        owner = identity.principal(agent.owner, now) if agent.owner else None
         if owner is None or owner.status is not PrincipalStatus.ACTIVE:
             return f"owner of delegating agent {delegator!r} is inactive or unknown"
         if policy.check(agent.purpose, intent.action, intent.amount, intent.currency):

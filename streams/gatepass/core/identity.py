@@ -5,6 +5,11 @@ subject (an agent's registration, an agent's status, a principal's status) keeps
 with the greatest order key (event time, then severity so a tie fails closed, then source and
 source event id so every worker resolves the same tie the same way). An older event never
 overwrites a newer one, so a late "active" cannot resurrect an offboarded principal.
+
+A principal's status can also be *scheduled*: a fact recorded before the time it takes effect
+(`recorded_at` < `event_time`, say a termination dated next Friday). It lives in a fact of its
+own (`principal:<id>/scheduled-status`), so compaction keeps the status in force beside it,
+and it counts only from its event time on: `principal(id, now=...)` answers as of `now`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ __all__ = [
     "IdentityState",
     "LifecycleEvent",
     "PrincipalStatusChanged",
+    "is_scheduled",
     "lifecycle_key",
 ]
 
@@ -35,6 +41,9 @@ class _Source:
     event_time: datetime
     source: str = ""
     source_event_id: str = ""
+    # When the source recorded the fact (None: at its event time, as every writer did before
+    # facts could be scheduled). Only a principal status uses it: see `is_scheduled`.
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,16 +71,28 @@ class PrincipalStatusChanged(_Source):
 LifecycleEvent = AgentRegistered | AgentStatusChanged | PrincipalStatusChanged
 
 
+def is_scheduled(event: LifecycleEvent) -> bool:
+    """A principal status recorded before it takes effect (a termination dated ahead).
+
+    Agent facts are never scheduled: their event time is when the source saw the change.
+    """
+    return (isinstance(event, PrincipalStatusChanged) and event.recorded_at is not None
+            and event.event_time > event.recorded_at)
+
+
 def lifecycle_key(event: LifecycleEvent) -> str:
     """The compacted topic's key: one key per independently changing fact of a subject.
 
     Compaction keeps the last record per key, so a subject's registration and its status
-    need separate keys or a status change would erase the registration.
+    need separate keys or a status change would erase the registration; likewise a scheduled
+    status has its own key, or it would erase the status in force until its time.
     """
     if isinstance(event, AgentRegistered):
         return f"agent:{event.agent_id}/registration"
     if isinstance(event, AgentStatusChanged):
         return f"agent:{event.agent_id}/status"
+    if is_scheduled(event):
+        return f"principal:{event.principal_id}/scheduled-status"
     return f"principal:{event.principal_id}/status"
 
 
@@ -87,25 +108,65 @@ class Applied:
 
 
 _OrderKey = tuple[datetime, int, str, str]
+_PlanKey = tuple[datetime, datetime, int, str, str]
 
 
 def _order(event: _Source, rank: int) -> _OrderKey:
     return (event.event_time, rank, event.source, event.source_event_id)
 
 
+def _status_order(event: PrincipalStatusChanged) -> _OrderKey:
+    return _order(event, _PRINCIPAL_RANK[event.status])
+
+
+def _plan_order(event: PrincipalStatusChanged) -> _PlanKey:
+    # Scheduled facts are plans: the one recorded last is the plan (it may move a date
+    # earlier or cancel a termination), then the usual order for plans recorded together.
+    assert event.recorded_at is not None
+    return (event.recorded_at, *_status_order(event))
+
+
+def _in_force(event: PrincipalStatusChanged) -> PrincipalStatusChanged:
+    """A scheduled fact as the status it becomes at its time (keyed `principal:<id>/status`).
+
+    Deterministic, so every worker that writes it writes the same bytes.
+    """
+    return replace(event, recorded_at=event.event_time)
+
+
+def _record(event: PrincipalStatusChanged) -> PrincipalRecord:
+    return PrincipalRecord(principal_id=event.principal_id, status=event.status,
+                           status_at=event.event_time, source=event.source,
+                           source_event_id=event.source_event_id)
+
+
+def _same_fact(a: LifecycleEvent, b: LifecycleEvent) -> bool:
+    """Equal as facts: a fact in force is the same whenever it was recorded."""
+    if is_scheduled(a) or is_scheduled(b):
+        return a == b
+    return replace(a, recorded_at=None) == replace(b, recorded_at=None)
+
+
 class IdentityState:
     """All agents and principals, folded from the lifecycle topic. Not thread-safe."""
 
-    __slots__ = ("_agent_reg_order", "_agent_status_order", "_owned", "_principal_order",
-                 "agents", "principals")
+    __slots__ = ("_agent_reg_order", "_agent_status_order", "_owned", "_principal_events",
+                 "_scheduled", "_unwritten", "agents", "principals")
 
     def __init__(self) -> None:
         self.agents: dict[str, AgentRecord] = {}
+        # The status in force per principal (from `principal:<id>/status`); scheduled
+        # facts are kept apart and count only from their time (see `principal`).
         self.principals: dict[str, PrincipalRecord] = {}
         self._owned: dict[str, set[str]] = {}
         self._agent_reg_order: dict[str, _OrderKey] = {}
         self._agent_status_order: dict[str, _OrderKey] = {}
-        self._principal_order: dict[str, _OrderKey] = {}
+        self._principal_events: dict[str, PrincipalStatusChanged] = {}
+        self._scheduled: dict[str, PrincipalStatusChanged] = {}
+        # Scheduled facts that took effect and were then replaced by a newer plan: folded
+        # into the status in force here, but not yet written under its key (see
+        # `due_promotions`), so a state rebuilt from the compacted topic would miss them.
+        self._unwritten: dict[str, PrincipalStatusChanged] = {}
 
     def __len__(self) -> int:
         return len(self.agents) + len(self.principals)
@@ -113,8 +174,28 @@ class IdentityState:
     def agent(self, agent_id: str) -> AgentRecord | None:
         return self.agents.get(agent_id)
 
-    def principal(self, principal_id: str) -> PrincipalRecord | None:
-        return self.principals.get(principal_id)
+    def principal(self, principal_id: str, now: datetime | None = None
+                  ) -> PrincipalRecord | None:
+        """The principal's status in force, as of `now` when given.
+
+        With `now`, a scheduled fact whose time has come counts (no record needs to arrive
+        at that moment); without it, only what is in force on the topic (facts recorded in
+        force, and scheduled ones once a worker has written them back as in force).
+        """
+        current = self.principals.get(principal_id)
+        if now is None:
+            return current
+        plan = self._scheduled.get(principal_id)
+        if plan is None or plan.event_time > now:
+            return current
+        held = self._principal_events.get(principal_id)
+        if held is not None and _status_order(plan) <= _status_order(held):
+            return current
+        return _record(plan)
+
+    def scheduled(self, principal_id: str) -> PrincipalStatusChanged | None:
+        """The principal's scheduled status (the latest plan), whether its time came or not."""
+        return self._scheduled.get(principal_id)
 
     def agents_owned_by(self, principal_id: str) -> list[str]:
         return sorted(self._owned.get(principal_id, ()))
@@ -125,6 +206,22 @@ class IdentityState:
         rec = self.principals.get(principal_id)
         return rec is not None and rec.status is PrincipalStatus.ACTIVE
 
+    def due_promotions(self, now: datetime) -> list[PrincipalStatusChanged]:
+        """Scheduled facts in effect by `now` that the topic does not yet hold as in force.
+
+        A worker writes each back under `principal:<id>/status` (the lifecycle fan-out does,
+        one worker per identity partition): from then on the fact survives any later plan,
+        and the usual fan-out raises the orphan checks of an offboarding. Sorted by key.
+        """
+        due = list(self._unwritten.items())
+        for pid, plan in self._scheduled.items():
+            if plan.event_time > now:
+                continue
+            held = self._principal_events.get(pid)
+            if held is None or _status_order(plan) > _status_order(held):
+                due.append((pid, _in_force(plan)))
+        return [event for _, event in sorted(due, key=lambda d: (d[0], _status_order(d[1])))]
+
     def winning_event(self, key: str) -> LifecycleEvent | None:
         """The event that currently holds the fact behind a lifecycle key (None: unknown).
 
@@ -134,12 +231,9 @@ class IdentityState:
         subject, _, fact = key.rpartition("/")
         kind, _, ident = subject.partition(":")
         if kind == "principal" and fact == "status":
-            rec, order = self.principals.get(ident), self._principal_order.get(ident)
-            if rec is None or order is None:
-                return None
-            return PrincipalStatusChanged(principal_id=ident, status=rec.status,
-                                          event_time=order[0], source=order[2],
-                                          source_event_id=order[3])
+            return self._principal_events.get(ident)
+        if kind == "principal" and fact == "scheduled-status":
+            return self._scheduled.get(ident)
         if kind != "agent":
             return None
         agent = self.agents.get(ident)
@@ -162,6 +256,11 @@ class IdentityState:
                                    source_event_id=order[3])
         return None
 
+    def holds(self, event: LifecycleEvent) -> bool:
+        """Whether the fact behind `event`'s key is `event` already (a redelivery)."""
+        winner = self.winning_event(lifecycle_key(event))
+        return winner is not None and _same_fact(winner, event)
+
     def needs_repair(self, event: LifecycleEvent) -> LifecycleEvent | None:
         """The newer event to write back when `event` lost to it, else None.
 
@@ -171,13 +270,15 @@ class IdentityState:
         winner back under the same key makes the newest event the last record again.
         """
         winner = self.winning_event(lifecycle_key(event))
-        return winner if winner is not None and winner != event else None
+        return winner if winner is not None and not _same_fact(winner, event) else None
 
     def apply(self, event: LifecycleEvent) -> Applied:
         if isinstance(event, AgentRegistered):
             return self._apply_registration(event)
         if isinstance(event, AgentStatusChanged):
             return self._apply_agent_status(event)
+        if is_scheduled(event):
+            return self._apply_plan(event)
         return self._apply_principal_status(event)
 
     def _apply_registration(self, ev: AgentRegistered) -> Applied:
@@ -207,18 +308,43 @@ class IdentityState:
         return Applied(True)
 
     def _apply_principal_status(self, ev: PrincipalStatusChanged) -> Applied:
-        key = _order(ev, _PRINCIPAL_RANK[ev.status])
-        prev = self._principal_order.get(ev.principal_id)
-        if prev is not None and key <= prev:
+        key = _status_order(ev)
+        pending = self._unwritten.get(ev.principal_id)
+        if pending is not None and key >= _status_order(pending):
+            del self._unwritten[ev.principal_id]  # the topic now holds it, or a newer fact
+        held = self._principal_events.get(ev.principal_id)
+        if held is not None and key <= _status_order(held):
             return Applied(False)
         was_active = self.owner_active(ev.principal_id)
-        self._principal_order[ev.principal_id] = key
-        self.principals[ev.principal_id] = PrincipalRecord(
-            principal_id=ev.principal_id, status=ev.status, status_at=ev.event_time,
-            source=ev.source, source_event_id=ev.source_event_id)
+        self._principal_events[ev.principal_id] = ev
+        self.principals[ev.principal_id] = _record(ev)
         deactivated = ev.principal_id if was_active and ev.status is not PrincipalStatus.ACTIVE \
             else None
         # A principal first seen as inactive also orphans any agent already registered to it.
-        if prev is None and ev.status is not PrincipalStatus.ACTIVE:
+        if held is None and ev.status is not PrincipalStatus.ACTIVE:
             deactivated = ev.principal_id
         return Applied(True, principal_deactivated=deactivated)
+
+    def _apply_plan(self, ev: PrincipalStatusChanged) -> Applied:
+        """A scheduled status: the plan recorded last wins its key.
+
+        The plan it displaces (or that a late, older plan loses to) is dropped, unless its
+        time had come when the newer plan was recorded: then it happened, and it joins the
+        status in force (to be written back, see `due_promotions`), or a new plan would
+        undo a termination that already took effect.
+        """
+        plan = self._scheduled.get(ev.principal_id)
+        if plan is None or _plan_order(ev) > _plan_order(plan):
+            self._scheduled[ev.principal_id] = ev
+            loser, winner, changed = plan, ev, True
+        else:
+            loser, winner, changed = ev, plan, False
+        assert winner.recorded_at is not None
+        if loser is None or loser == winner or loser.event_time > winner.recorded_at:
+            return Applied(changed)
+        happened = _in_force(loser)
+        applied = self._apply_principal_status(happened)
+        if applied.changed:
+            self._unwritten[ev.principal_id] = happened
+        return Applied(changed or applied.changed,
+                       principal_deactivated=applied.principal_deactivated)

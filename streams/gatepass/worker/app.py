@@ -293,8 +293,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         """Requests expire on the processor's own clock, even if nothing else arrives, and end
         at once when their agent or its owner is no longer active: a tick goes into the
         agent's partition, so it is ordered with the decisions there."""
+        now = datetime.now(UTC)
+
         def still_approvable(agent_id: str) -> bool:
-            return approvable(agent_id, rt.identity)
+            return approvable(agent_id, rt.identity, now)
 
         for key, agent_id, partition, expires_at in due.take_due(time.time(),
                                                                  still_approvable):

@@ -378,7 +378,7 @@ class Pipeline:
                     reason is not Reason.APPROVAL_EXPIRED else None,
                     "decided_at": now, "decision_id": event.decision_id if event else None,
                     "channel": event.channel if event else None}
-        facts = self._facts_now(intent.agent_id)
+        facts = self._facts_now(intent.agent_id, now)
         issued: IssuedPass | None = None
         if decision is Decision.ALLOW:
             assert event is not None
@@ -411,11 +411,11 @@ class Pipeline:
         out.remember = (intent.intent_id, encoded)
         out.final, out.reason, out.record = decision.value, reason.value, record
 
-    def _facts_now(self, agent_id: str) -> IdentityFacts:
+    def _facts_now(self, agent_id: str, now: datetime) -> IdentityFacts:
         agent = self.identity.agent(agent_id)
         if agent is None:
             return IdentityFacts(state_ready=self.ready())
-        owner = self.identity.principal(agent.owner) if agent.owner else None
+        owner = self.identity.principal(agent.owner, now) if agent.owner else None
         return IdentityFacts(
             agent_registered=agent.registered, agent_status=agent.status.value,
             agent_status_at=agent.status_at, owner=agent.owner,

@@ -262,3 +262,18 @@ def test_approval_rules_change_the_policy_version() -> None:
 def test_approvers_are_the_owner_then_delegates() -> None:
     assert RULES.approvers("sarah") == ("sarah", "cfo")
     assert RULES.approvers("tom") == ("tom",)
+
+
+def test_a_scheduled_termination_stops_approvals_from_its_time_on() -> None:
+    state = world([])
+    state.apply(PrincipalStatusChanged(
+        principal_id="sarah", status=PrincipalStatus.OFFBOARDED, source="hr-file",
+        event_time=REQUESTED + timedelta(seconds=30), recorded_at=REQUESTED - timedelta(hours=1)))
+    before = judge(PENDING, None, decision_from({}), identity=state, rules=RULES, key=KEY,
+                   now=REQUESTED + timedelta(seconds=29))
+    after = judge(PENDING, None, decision_from({}), identity=state, rules=RULES, key=KEY,
+                  now=REQUESTED + timedelta(seconds=30))
+    assert before.final is Decision.ALLOW
+    assert after.final is None and after.alert is Reason.APPROVER_INACTIVE
+    timer = judge_timeout(PENDING, now=REQUESTED + timedelta(seconds=31), identity=state)
+    assert timer.final is Decision.DENY and timer.reason is Reason.OWNER_INACTIVE

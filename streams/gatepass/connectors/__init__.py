@@ -1,0 +1,58 @@
+"""Identity connectors: Okta Event Hooks, a SCIM 2.0 service provider and Microsoft Graph
+change notifications, mapped to lifecycle events on the identity topic.
+
+    settings = ConnectorSettings.load()            # GATEPASS_CONNECTOR_* and/or a TOML file
+    receiver = Receiver(settings, LifecyclePublisher(...), scim_store=KafkaScimStore(s))
+    await receiver.start()
+
+See docs/connectors.md for the URLs, headers, keys and mappings.
+"""
+
+from gatepass.connectors.base import Connector, ConnectorContext, LifecycleSink, Publisher
+from gatepass.connectors.config import (
+    ConnectorSettings,
+    EntraSettings,
+    OktaSettings,
+    ScimSettings,
+    Secret,
+)
+from gatepass.connectors.entra import EntraConnector, GraphClient, GraphUser, HttpGraphClient
+from gatepass.connectors.errors import (
+    ConnectorError,
+    GraphUnavailableError,
+    PayloadInvalidError,
+    PublishFailedError,
+    UnauthenticatedError,
+)
+from gatepass.connectors.okta import OktaConnector
+from gatepass.connectors.receiver import Receiver, run_receiver, serve_in_background
+from gatepass.connectors.scim import KafkaScimStore, MemoryScimStore, ScimConnector, ScimStore
+
+__all__ = [
+    "Connector",
+    "ConnectorContext",
+    "ConnectorError",
+    "ConnectorSettings",
+    "EntraConnector",
+    "EntraSettings",
+    "GraphClient",
+    "GraphUnavailableError",
+    "GraphUser",
+    "HttpGraphClient",
+    "KafkaScimStore",
+    "LifecycleSink",
+    "MemoryScimStore",
+    "OktaConnector",
+    "OktaSettings",
+    "PayloadInvalidError",
+    "PublishFailedError",
+    "Publisher",
+    "Receiver",
+    "ScimConnector",
+    "ScimSettings",
+    "ScimStore",
+    "Secret",
+    "UnauthenticatedError",
+    "run_receiver",
+    "serve_in_background",
+]
