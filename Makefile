@@ -16,13 +16,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# docker-compose validates docker-compose.yml without a Docker engine (Debian's client only).
+# docker-compose validates docker-compose.yml without a Docker engine (Debian's client only);
+# chromium runs the approval page's browser tests (driven by Playwright, no browser download).
 tools:
-	@command -v docker-compose >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends docker-compose >/dev/null) || echo "docker-compose not installed"; \
-	  else echo "docker-compose missing: the compose test will be skipped"; fi; }
+	      --no-install-recommends $$missing >/dev/null) || echo "not installed:$$missing"; \
+	  else echo "missing:$$missing (the tests that need them will be skipped)"; fi; \
+	fi
 
 demo: install
 	$(BIN)/gatepass demo

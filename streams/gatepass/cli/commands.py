@@ -63,7 +63,8 @@ def cmd_kafka(ns: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(ns: argparse.Namespace, settings: Settings) -> int:
     from gatepass.demo.scenario import run_demo
 
-    return run_demo(settings, keep_running=ns.keep_running)
+    return run_demo(settings, keep_running=ns.keep_running,
+                    approve_by_hand=ns.approve_by_hand)
 
 
 def _publish(settings: Settings, event: Any) -> None:

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="play the procure-bot story end to end")
     d.add_argument("--keep-running", action="store_true",
                    help="leave the broker and worker running afterwards")
+    d.add_argument("--approve-by-hand", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for you to approve the $50,000 order on the page "
+                        "before the demo clicks Approve itself (default 0)")
 
     r = sub.add_parser("register-agent", help="register an agent and its owner")
     r.add_argument("agent")

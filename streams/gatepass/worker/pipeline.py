@@ -324,15 +324,19 @@ class Pipeline:
                 self.topics.approval_decisions, partition, offset, key, value, exc, now)])
         out = ApprovalOutcome(intent_id=intent_id)
         try:
+            finalized = self._finalized(decided.get(intent_id))
             raw = pending.get(intent_id)
+            if finalized is not None and raw is not None:
+                # A final verdict exists, so the request is over whatever `pending` says (its
+                # removal may not have reached the changelog before a crash): drop it.
+                out.finish, raw = intent_id, None
             request = None if raw is None else pending_from_record(
                 codecs.approval_request.decode(raw))
             if event is None:
                 verdict = judge_timeout(request, now=now, identity=self.identity)
             else:
-                verdict = judge(request, self._finalized(decided.get(intent_id)), event,
-                                identity=self.identity, rules=self.policy.approval,
-                                key=self._key(), now=now)
+                verdict = judge(request, finalized, event, identity=self.identity,
+                                rules=self.policy.approval, key=self._key(), now=now)
         except Exception as exc:  # never an approval by accident: nothing changes
             log.error("approval event for intent %s not applied: %s", intent_id,
                       type(exc).__name__)

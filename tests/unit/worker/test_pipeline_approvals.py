@@ -216,3 +216,17 @@ def test_without_an_approval_key_nothing_is_approved(rig: Rig) -> None:
     rig.pipeline._approval_key = no_key
     out = rig.apply(decision())
     assert out.final is None and out.alert == "internal_error"
+
+
+def test_a_final_verdict_outranks_a_stale_pending_entry(rig: Rig) -> None:
+    """After a crash the `pending` table may still hold a request whose final verdict was
+    remembered: the final verdict stands, the stale entry goes, nothing is decided again."""
+    rig.intent()
+    stale = dict(rig.pending)
+    won = rig.apply(decision(decision_id="d-1"))
+    assert won.final == "ALLOW"
+    rig.pending.update(stale)  # the deletion was lost
+    late = rig.apply(decision(approve=False))
+    assert late.final is None and late.alert == "approval_replayed"
+    assert INTENT_ID not in rig.pending  # cleaned up
+    assert rig.apply(tick()).final is None
