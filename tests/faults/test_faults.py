@@ -97,7 +97,8 @@ def test_every_intent_gets_one_answer_through_faults(tmp_path: Path) -> None:
         def note(what: str, *, fault: bool = True) -> None:
             if fault:
                 faults.append(what)
-            print(f"[{time.monotonic() - t0:6.1f}s] {reader.answered():6d}/{INTENTS} "
+            print(f"[{time.monotonic() - t0:6.1f}s {datetime.now(UTC):%H:%M:%S}] "
+                  f"{reader.answered():6d}/{INTENTS} "
                   f"answered, {stream.produced} sent: {what}", flush=True)
 
         def at(fraction: float) -> None:
@@ -243,3 +244,56 @@ def _explain_lost(settings: Settings, lost: list[str], agent_of: dict[str, str])
                   f"{committed.get(p)}, end offset {high}", file=sys.__stderr__, flush=True)
     finally:
         consumer.close()
+    _locate_lost(settings, set(lost))
+
+
+def _locate_lost(settings: Settings, lost: set[str]) -> None:
+    """Where each unanswered intent is (offset, write time) and whether anything downstream
+    saw it: an audit record (decided, verdict lost) or a `decided` changelog entry."""
+    from support.stack import read_topic
+
+    codecs = schemas()
+    found: dict[str, tuple[int, int, int]] = {}
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "lost-locator",
+                         "enable.auto.commit": False})
+    try:
+        topic = settings.topics.intents
+        ends = {}
+        for p in range(settings.partitions):
+            ends[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
+        seen = 0
+        deadline = time.monotonic() + 60
+        while seen < sum(ends.values()) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            seen += 1
+            try:
+                iid = codecs.intent.decode(msg.value())["intent_id"]
+            except Exception:
+                continue
+            if iid in lost:
+                found[iid] = (msg.partition(), msg.offset(), msg.timestamp()[1])
+    finally:
+        consumer.close()
+    audited = {r["intent"]["intent_id"] for r in read_topic(
+        settings, settings.topics.audit, codecs.decision_record, timeout=30)
+        if r["intent"]["intent_id"] in lost}
+    changelog = f"{settings.app_id}-decided-changelog"
+    remembered = {k.decode() for k, _ in read_topic(settings, changelog, None, timeout=30)
+                  if k and k.decode() in lost}
+    print(f"  lost with an audit record: {len(audited)}; in the decided changelog: "
+          f"{len(remembered)}", file=sys.__stderr__, flush=True)
+    by_p: dict[int, list[tuple[int, int]]] = {}
+    for p, off, ts in found.values():
+        by_p.setdefault(p, []).append((off, ts))
+    for p, items in sorted(by_p.items()):
+        items.sort()
+        first, last = (datetime.fromtimestamp(t / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+                       for t in (items[0][1], items[-1][1]))
+        print(f"  partition {p}: offsets {items[0][0]}..{items[-1][0]} "
+              f"({len(items)}), written {first}..{last} UTC",
+              file=sys.__stderr__, flush=True)
