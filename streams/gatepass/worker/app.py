@@ -51,6 +51,7 @@ from gatepass.worker.memo import ApprovalTimer, ExpiryIndex
 from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
 from gatepass.worker.pipeline import Outgoing, Pipeline
 from gatepass.worker.policy import load_scope_policy
+from gatepass.worker.readback import Overlay, Recovered, read_back
 
 __all__ = ["STALL_AFTER_SECONDS", "Runtime", "create_app"]
 
@@ -163,6 +164,65 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                         key_type=bytes, value_type=bytes)
     decided_view, alerted_view = _BytesKeyed(decided), _BytesKeyed(alerted)
 
+    # What the output topics say was answered, read back when a partition is taken (see
+    # worker/readback.py); agents hold a partition's records until it is read.
+    recovered = Recovered()
+    gates: dict[int, asyncio.Event] = {}
+    reading: set[asyncio.Future[None]] = set()
+
+    def prefer_final(mine: bytes, theirs: bytes) -> bytes:
+        """The table says PENDING but the audit topic has the final record: the final."""
+        try:
+            if rt.schemas.decision_record.decode(mine)["decision"] == "PENDING":
+                return theirs
+        except Exception:  # an unreadable table value: the topic's record
+            return theirs
+        return mine
+
+    def prefer_latest(mine: bytes, theirs: bytes) -> bytes:
+        try:
+            a, b = (rt.schemas.orphan_alert.decode(v)["detected_at"] for v in (mine, theirs))
+        except Exception:
+            return theirs
+        return theirs if b > a else mine
+
+    def decided_in(partition: int) -> Mapping[str, bytes]:
+        return Overlay(decided_view, recovered.decided.get(partition, {}), prefer_final)
+
+    def alerted_in(partition: int) -> Mapping[str, bytes]:
+        return Overlay(alerted_view, recovered.alerted.get(partition, {}), prefer_latest)
+
+    async def gate(partition: int) -> None:
+        ready = gates.get(partition)
+        if ready is not None and not ready.is_set():
+            await ready.wait()
+
+    async def read_back_partition(partition: int, ready: asyncio.Event) -> None:
+        delay = 0.5
+        while True:
+            try:
+                decided_p, alerted_p = await asyncio.get_running_loop().run_in_executor(
+                    None, read_back, settings, rt.schemas, partition)
+                break
+            except Exception as exc:  # the broker is away: the partition waits, as it would
+                log.warning("reading back partition %d failed (%s); retrying in %.1fs",
+                            partition, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        recovered.decided[partition], recovered.alerted[partition] = decided_p, alerted_p
+        ready.set()
+        log.info("partition %d read back: %d answers, %d alerts", partition, len(decided_p),
+                 len(alerted_p))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def read_back_answers(app: Any, assigned: Any, **kwargs: Any) -> None:
+        for tp in assigned:
+            if tp.topic == t.intents and tp.partition not in gates:
+                ready = gates[tp.partition] = asyncio.Event()
+                task = asyncio.ensure_future(read_back_partition(tp.partition, ready))
+                reading.add(task)
+                task.add_done_callback(reading.discard)
+
     # intent id -> ApprovalRequest while it waits for its owner; `due` knows when each expires
     due = ApprovalTimer()
 
@@ -238,8 +298,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(rt.loader.wait_ready(),
                                            hold_until - time.monotonic())
+            await gate(msg.partition)
             out = rt.pipeline.on_intent(msg.key, msg.value, partition=msg.partition,
-                                        offset=msg.offset, memo=decided_view)
+                                        offset=msg.offset, memo=decided_in(msg.partition))
             if out.remember is not None:
                 key = out.remember[0].encode()
                 decided[key] = out.remember[1]
@@ -265,9 +326,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         async for event in stream.events():
             msg = event.message
             await rt.loader.wait_ready()  # who may approve is read from the identity view
+            await gate(msg.partition)
             out = rt.pipeline.on_approval(msg.key, msg.value, partition=msg.partition,
                                           offset=msg.offset, pending=pending_view,
-                                          decided=decided_view)
+                                          decided=decided_in(msg.partition))
             # Both state changes before any await: no other event can see one without the other.
             if out.remember is not None:
                 key = out.remember[0].encode()
@@ -320,9 +382,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         async for event in stream.events():
             msg = event.message
             await rt.loader.wait_ready()
+            await gate(msg.partition)
             records, remember = rt.pipeline.on_orphan_check(
                 msg.key, msg.value, partition=msg.partition, offset=msg.offset,
-                memo=alerted_view)
+                memo=alerted_in(msg.partition))
             if remember is not None:
                 alerted[remember[0].encode()] = remember[1]
                 trigger = rt.schemas.orphan_alert.decode(remember[1])["trigger"]
@@ -336,6 +399,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 expiry.forget_partition(tp.partition)
             if tp.topic == t.approval_decisions:
                 due.forget_partition(tp.partition)
+            if tp.topic == t.intents:
+                gates.pop(tp.partition, None)  # read back again if it comes back
+                recovered.forget(tp.partition)
 
     @app.task
     async def load_identity() -> None:

@@ -1,0 +1,161 @@
+"""What was already answered, read back from the output topics when a worker takes a partition.
+
+The `decided` and `alerted` tables are faust changelogs, written by separate produce requests
+from the verdict and the alert themselves. A worker killed after its verdict (or alert)
+reached the broker but before the table write did would, after the restart, meet the
+redelivered intent (or orphan check) with no memory of its answer, and answer it again:
+with a different verdict if identity changed in between, or a second alert.
+
+So before a worker handles records of a newly assigned partition it reads back the audit
+records and orphan alerts of that partition written since the oldest record that can be
+redelivered to it (the group's committed offset, minus a margin for clock skew), and the
+agents consult those next to the tables. The topics themselves are the truth: an answer that
+is on them is never given differently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from gatepass.codec.avro import SchemaSet
+from gatepass.config import Settings
+from gatepass.errors import BrokerError, GatepassError
+from gatepass.transport.offsets import watermarks
+from gatepass.transport.topics import KAFKA_LOG
+
+__all__ = ["Overlay", "Recovered", "read_back"]
+
+log = logging.getLogger("gatepass.worker")
+SKEW_MARGIN = timedelta(seconds=60)
+
+
+class Recovered:
+    """Per partition: intent id -> DecisionRecord, agent id -> last OrphanAlert (raw Avro)."""
+
+    def __init__(self) -> None:
+        self.decided: dict[int, dict[str, bytes]] = {}
+        self.alerted: dict[int, dict[str, bytes]] = {}
+
+    def forget(self, partition: int) -> None:
+        self.decided.pop(partition, None)
+        self.alerted.pop(partition, None)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.decided.values()) + \
+            sum(len(a) for a in self.alerted.values())
+
+
+class Overlay(Mapping[str, bytes]):
+    """A table view with what was read back next to it; `prefer` picks between the two."""
+
+    def __init__(self, table: Mapping[str, bytes], recovered: Mapping[str, bytes],
+                 prefer: Any) -> None:
+        self._table = table
+        self._recovered = recovered
+        self._prefer = prefer
+
+    def get(self, key: str, default: Any = None) -> Any:
+        mine = self._table.get(key)
+        theirs = self._recovered.get(key) if self._recovered else None
+        if mine is None:
+            return default if theirs is None else theirs
+        if theirs is None or theirs == mine:
+            return mine
+        return self._prefer(mine, theirs)
+
+    def __getitem__(self, key: str) -> bytes:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({*self._table, *self._recovered})
+
+    def __len__(self) -> int:
+        return len({*self._table, *self._recovered})
+
+
+def _since(consumer: Consumer, topic: str, partition: int, fallback: datetime) -> datetime:
+    """When the oldest record that can still be redelivered to this group was written."""
+    tp = TopicPartition(topic, partition)
+    committed = consumer.committed([tp], timeout=10)[0].offset
+    if committed < 0:
+        return fallback
+    low, high = watermarks(consumer, topic, partition)
+    if committed >= high:
+        return datetime.now(UTC) - SKEW_MARGIN
+    consumer.assign([TopicPartition(topic, partition, max(committed, low))])
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            return datetime.fromtimestamp(msg.timestamp()[1] / 1000, UTC) - SKEW_MARGIN
+    finally:
+        consumer.unassign()
+    return fallback
+
+
+def _read(consumer: Consumer, topic: str, partition: int, since: datetime,
+          timeout: float) -> Iterator[bytes]:
+    start = consumer.offsets_for_times(
+        [TopicPartition(topic, partition, int(since.timestamp() * 1000))], timeout=10)[0]
+    _, end = watermarks(consumer, topic, partition)
+    if start.offset < 0 or start.offset >= end:
+        return
+    consumer.assign([TopicPartition(topic, partition, start.offset)])
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading back {topic}[{partition}] took over {timeout:.0f}s")
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            value = msg.value()
+            if value is not None:
+                yield value
+            if (msg.offset() or 0) + 1 >= end:
+                return
+    finally:
+        consumer.unassign()
+
+
+def read_back(settings: Settings, schemas: SchemaSet, partition: int, *,
+              timeout: float = 60.0) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """(intent id -> DecisionRecord, agent id -> OrphanAlert) of one partition, as written
+    since anything that can be redelivered to this group was written."""
+    t = settings.topics
+    fallback = datetime.now(UTC) - settings.dedupe_horizon
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.app_id,
+                         "enable.auto.commit": False, "logger": KAFKA_LOG})
+    decided: dict[str, bytes] = {}
+    alerted: dict[str, bytes] = {}
+    try:
+        since = _since(consumer, t.intents, partition, fallback)
+        for value in _read(consumer, t.audit, partition, since, timeout):
+            try:
+                record = schemas.decision_record.decode(value)
+            except GatepassError:
+                continue
+            decided[record["intent"]["intent_id"]] = value  # log order: a final after PENDING
+        since = _since(consumer, t.orphan_checks, partition, fallback)
+        for value in _read(consumer, t.orphans, partition, since, timeout):
+            try:
+                alert = schemas.orphan_alert.decode(value)
+            except GatepassError:
+                continue
+            alerted[alert["agent_id"]] = value
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read back partition {partition}: {exc}") from exc
+    finally:
+        consumer.close()
+    return decided, alerted
