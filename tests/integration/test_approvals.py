@@ -227,3 +227,56 @@ def test_a_pending_request_survives_a_killed_worker(kafka_bootstrap: str,
             assert gp.wait_final(pending, timeout=30).decision == "ALLOW"
         finals = _finals(stack, pending.intent_id)
         assert len({(f["decision"], f["credential_id"]) for f in finals}) == 1
+
+
+def test_the_owner_hears_through_the_signed_webhook(kafka_bootstrap: str,
+                                                    tmp_path: Path) -> None:
+    """A worker configured with a webhook POSTs a signed notice; its code approves."""
+    import http.server
+    import json
+    import threading
+
+    from gatepass.approvals.webhook import SIGNATURE_HEADER, verify_signature
+    from gatepass.config import Secret
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k: v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = "whsec-test-" + uuid.uuid4().hex
+    url = f"http://127.0.0.1:{server.server_address[1]}/hooks/gatepass"
+    try:
+        with running_stack(kafka_bootstrap, tmp_path, approval_webhook_url=url,
+                           approval_webhook_secret=Secret(secret)) as stack:
+            stack.start_worker()
+            agent, owner = _names()
+            stack.register(agent, owner)
+            with stack.client(agent_id=agent, audience=AUDIENCE, timeout=20) as gp:
+                pending = _pending(gp)
+                deadline = time.monotonic() + 30
+                while not received and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert received, "no webhook call"
+                headers, body = received[0]
+                assert verify_signature(secret.encode(), headers[SIGNATURE_HEADER], body,
+                                        now=time.time())
+                notice = json.loads(body)
+                assert notice["type"] == "gatepass.approval.requested"
+                assert (notice["intent_id"], notice["approver"]) == (pending.intent_id, owner)
+                assert notice["amount"] == "50000.00" and headers["Idempotency-Key"]
+                _, outcome = _decide(stack, pending, owner, code=notice["code"])
+                assert outcome.accepted and gp.wait_final(pending, 30).decision == "ALLOW"
+            log = stack.workers[0].log_file.read_text()
+            assert secret not in log and notice["code"] not in log
+    finally:
+        server.shutdown()
