@@ -15,7 +15,8 @@ from gatepass import errors
 from gatepass.errors import GatepassError
 
 PACKAGES = ["gatepass.core", "gatepass.sdk", "gatepass.credentials", "gatepass.codec",
-            "gatepass.transport", "gatepass.worker", "gatepass.errors", "gatepass.export"]
+            "gatepass.transport", "gatepass.worker", "gatepass.errors", "gatepass.export",
+            "gatepass.approvals", "gatepass.connectors", "gatepass.importers"]
 
 
 def defined_in(module: ModuleType, value: Any) -> bool:

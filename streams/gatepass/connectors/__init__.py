@@ -17,13 +17,6 @@ from gatepass.connectors.config import (
     Secret,
 )
 from gatepass.connectors.entra import EntraConnector, GraphClient, GraphUser, HttpGraphClient
-from gatepass.connectors.errors import (
-    ConnectorError,
-    GraphUnavailableError,
-    PayloadInvalidError,
-    PublishFailedError,
-    UnauthenticatedError,
-)
 from gatepass.connectors.okta import OktaConnector
 from gatepass.connectors.receiver import Receiver, run_receiver, serve_in_background
 from gatepass.connectors.scim import KafkaScimStore, MemoryScimStore, ScimConnector, ScimStore
@@ -31,12 +24,10 @@ from gatepass.connectors.scim import KafkaScimStore, MemoryScimStore, ScimConnec
 __all__ = [
     "Connector",
     "ConnectorContext",
-    "ConnectorError",
     "ConnectorSettings",
     "EntraConnector",
     "EntraSettings",
     "GraphClient",
-    "GraphUnavailableError",
     "GraphUser",
     "HttpGraphClient",
     "KafkaScimStore",
@@ -44,15 +35,12 @@ __all__ = [
     "MemoryScimStore",
     "OktaConnector",
     "OktaSettings",
-    "PayloadInvalidError",
-    "PublishFailedError",
     "Publisher",
     "Receiver",
     "ScimConnector",
     "ScimSettings",
     "ScimStore",
     "Secret",
-    "UnauthenticatedError",
     "run_receiver",
     "serve_in_background",
 ]

@@ -13,13 +13,12 @@ import aiohttp
 
 from gatepass.connectors import (
     ConnectorSettings,
-    GraphUnavailableError,
     GraphUser,
     MemoryScimStore,
     Receiver,
 )
 from gatepass.core import LifecycleEvent, PrincipalStatus, PrincipalStatusChanged
-from gatepass.errors import BrokerError
+from gatepass.errors import BrokerError, GraphUnavailableError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OKTA_AUTH = "okta-hook-secret-0123456789abcdef"

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gatepass.connectors import GraphUnavailableError, HttpGraphClient, Secret
+from gatepass.connectors import HttpGraphClient, Secret
 from gatepass.core import PrincipalStatus
+from gatepass.errors import GraphUnavailableError
 from unit.connectors.support import (
     TENANT,
     RecordedGraph,
