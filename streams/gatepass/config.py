@@ -98,29 +98,41 @@ class TopicNames:
 
 
 class Secret:
-    """A configured secret: compared in constant time, never shown by repr, str or pickle."""
+    """A configured secret: compared in constant time, never shown by repr, str or pickle.
+
+    `matches` compares a candidate in constant time; `reveal` is for the one place that
+    must use it (an HMAC key, a header to send). Whoever reads it from configuration checks
+    that it is not empty, naming the key.
+    """
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
-        if not isinstance(value, str) or not value:
-            raise ConfigError("secret", "must be a non-empty string")
+        if not isinstance(value, str):
+            raise TypeError("a Secret holds a string")
         self._value = value
 
     def reveal(self) -> str:
         return self._value
 
+    def matches(self, candidate: str | None) -> bool:
+        if candidate is None:
+            return False
+        return hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"),
+                                   self._value.encode("utf-8", "surrogateescape"))
+
+    def __len__(self) -> int:
+        return len(self._value)
+
     def __repr__(self) -> str:
-        return "Secret('***')"
+        return "Secret('**********')"
 
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(
-            self._value.encode(), other._value.encode())
+        return isinstance(other, Secret) and self.matches(other._value)
 
-    def __hash__(self) -> int:
-        return hash(Secret)
+    __hash__ = None  # type: ignore[assignment]
 
     def __reduce__(self) -> Any:
         raise TypeError("a Secret cannot be pickled")
@@ -279,7 +291,7 @@ def _convert(key: str, raw: str, kind: str) -> Any:
         if kind == "path":
             return Path(raw)
         if kind == "secret":
-            return Secret(raw)
+            return Secret(raw)  # never empty: an empty variable counts as unset
     except (ValueError, OverflowError) as exc:
         raise ConfigError(key, f"not a valid {kind}: {raw!r}") from exc
     return raw

@@ -14,7 +14,6 @@ from gatepass.connectors.config import (
     EntraSettings,
     OktaSettings,
     ScimSettings,
-    Secret,
 )
 from gatepass.connectors.entra import EntraConnector, GraphClient, GraphUser, HttpGraphClient
 from gatepass.connectors.okta import OktaConnector
@@ -40,7 +39,6 @@ __all__ = [
     "ScimConnector",
     "ScimSettings",
     "ScimStore",
-    "Secret",
     "run_receiver",
     "serve_in_background",
 ]

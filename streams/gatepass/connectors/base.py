@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import re
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from gatepass.connectors.errors import ConnectorError, PayloadInvalidError, PublishFailedError
 from gatepass.core import LifecycleEvent, PrincipalStatusChanged, lifecycle_key
+from gatepass.credentials._jose import loads_strict
 
 __all__ = [
     "MAX_PRINCIPAL_LENGTH",
@@ -221,28 +221,13 @@ def error_response(exc: ConnectorError, *, headers: dict[str, str] | None = None
                              headers=headers)
 
 
-def _no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            # Two readers could pick different values of the same member.
-            raise PayloadInvalidError(f"duplicate JSON member {key!r}")
-        out[key] = value
-    return out
-
-
 def loads(raw: bytes) -> Any:
+    """UTF-8 JSON with no duplicate member names and no NaN/Infinity (two readers of the
+    same body must never see different values); PayloadInvalidError otherwise."""
     try:
-        return json.loads(raw, object_pairs_hook=_no_duplicate_members,
-                          parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        if isinstance(exc, PayloadInvalidError):
-            raise
-        raise PayloadInvalidError("the body is not valid JSON") from exc
-
-
-def _refuse_constant(name: str) -> Any:
-    raise PayloadInvalidError(f"{name} is not JSON")
+        return loads_strict(raw)
+    except ValueError as exc:
+        raise PayloadInvalidError(f"the body is not valid JSON: {exc}") from None
 
 
 async def read_json(request: web.Request) -> Any:

@@ -11,7 +11,6 @@ line or an exception.
 
 from __future__ import annotations
 
-import hmac
 import math
 import os
 import re
@@ -20,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from gatepass.config import Secret
 from gatepass.core import PrincipalStatus
 from gatepass.errors import ConfigError
 
@@ -53,43 +53,6 @@ MIN_SECRET_LENGTH = 16
 _INACTIVE = {"suspended": PrincipalStatus.SUSPENDED, "offboarded": PrincipalStatus.OFFBOARDED}
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
-
-
-class Secret:
-    """A credential that does not print: repr, str and pickling never reveal it.
-
-    `matches` compares in constant time; `reveal` is for the one place that must send it.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def matches(self, candidate: str | None) -> bool:
-        if candidate is None:
-            return False
-        return hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"),
-                                   self._value.encode("utf-8", "surrogateescape"))
-
-    def __len__(self) -> int:
-        return len(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and self.matches(other._value)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("a Secret is not pickled")
 
 
 @dataclass(frozen=True, kw_only=True)

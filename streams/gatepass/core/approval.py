@@ -157,20 +157,25 @@ class ApprovalRules:
                    delegates=delegates)
 
 
+def policy_amount(raw: Any, where: str, name: str) -> Decimal:
+    """An amount setting of the policy file: a decimal string (never a float), finite, >= 0."""
+    if not isinstance(raw, str):
+        raise ConfigError("scope_file", f"{where}: {name} must be a decimal string")
+    try:
+        value = Decimal(raw)
+    except InvalidOperation as exc:
+        raise ConfigError("scope_file", f"{where}: {name} {raw!r} is not a decimal") from exc
+    if not value.is_finite() or value < 0:
+        raise ConfigError("scope_file", f"{where}: {name} must be a finite amount >= 0")
+    return value
+
+
 def parse_threshold(doc: Mapping[str, Any], where: str) -> Threshold | None:
     """`approval_above` (with the rule's `currency`) of one action rule, if set."""
     raw = doc.get("approval_above")
     if raw is None:
         return None
-    if not isinstance(raw, str):
-        raise ConfigError("scope_file", f"{where}: approval_above must be a decimal string")
-    try:
-        above = Decimal(raw)
-    except InvalidOperation as exc:
-        raise ConfigError("scope_file", f"{where}: approval_above {raw!r} is not a decimal") \
-            from exc
-    if not above.is_finite() or above < 0:
-        raise ConfigError("scope_file", f"{where}: approval_above must be a finite amount >= 0")
+    above = policy_amount(raw, where, "approval_above")
     currency = doc.get("currency")
     if not isinstance(currency, str) or not re.match(r"^[A-Z]{3}$", currency):
         raise ConfigError("scope_file", f"{where}: approval_above needs an ISO 4217 currency")

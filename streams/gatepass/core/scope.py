@@ -23,10 +23,10 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-from gatepass.core.approval import ApprovalRules, Threshold, parse_threshold
+from gatepass.core.approval import ApprovalRules, Threshold, parse_threshold, policy_amount
 from gatepass.errors import ConfigError
 
 __all__ = ["ActionRule", "ScopePolicy"]
@@ -124,15 +124,7 @@ def _rule(doc: Mapping[str, Any], where: str) -> ActionRule:
         if currency is not None and "approval_above" not in doc:
             raise ConfigError("scope_file", f"{where}: currency without max_amount")
         return ActionRule()
-    if not isinstance(raw_max, str):
-        raise ConfigError("scope_file", f"{where}: max_amount must be a decimal string")
-    try:
-        max_amount = Decimal(raw_max)
-    except InvalidOperation as exc:
-        raise ConfigError("scope_file", f"{where}: max_amount {raw_max!r} is not a decimal") \
-            from exc
-    if not max_amount.is_finite() or max_amount < 0:
-        raise ConfigError("scope_file", f"{where}: max_amount must be a finite amount >= 0")
+    max_amount = policy_amount(raw_max, where, "max_amount")
     if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
         raise ConfigError("scope_file", f"{where}: currency must be an ISO 4217 code")
     return ActionRule(max_amount=max_amount, currency=currency)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gatepass.connectors import ConnectorSettings, Secret
+from gatepass.config import Secret
+from gatepass.connectors import ConnectorSettings
 from gatepass.core import PrincipalStatus
 from gatepass.errors import ConfigError
 from unit.connectors.support import CLIENT_STATE, OKTA_AUTH, SCIM_TOKEN

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gatepass.connectors import HttpGraphClient, Secret
+from gatepass.config import Secret
+from gatepass.connectors import HttpGraphClient
 from gatepass.core import PrincipalStatus
 from gatepass.errors import GraphUnavailableError
 from unit.connectors.support import (
