@@ -47,11 +47,11 @@ from gatepass.worker.delivery import DeliveryGuard
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.lifecycle_fanout import LifecycleFanout
-from gatepass.worker.memo import ApprovalTimer, ExpiryIndex
+from gatepass.worker.memo import ApprovalTimer, ExpiryIndex, OffsetTracker
 from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
 from gatepass.worker.pipeline import Outgoing, Pipeline
 from gatepass.worker.policy import load_scope_policy
-from gatepass.worker.readback import Overlay, Recovered, read_back
+from gatepass.worker.readback import Overlay, Recovered, read_back, read_range
 
 __all__ = ["STALL_AFTER_SECONDS", "Runtime", "create_app"]
 
@@ -201,8 +201,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         delay = 0.5
         while True:
             try:
-                decided_p, alerted_p = await asyncio.get_running_loop().run_in_executor(
-                    None, read_back, settings, rt.schemas, partition)
+                decided_p, alerted_p, next_intent = \
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, read_back, settings, rt.schemas, partition)
                 break
             except Exception as exc:  # the broker is away: the partition waits, as it would
                 log.warning("reading back partition %d failed (%s); retrying in %.1fs",
@@ -210,6 +211,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         recovered.decided[partition], recovered.alerted[partition] = decided_p, alerted_p
+        if next_intent is not None:
+            offsets.expect(partition, next_intent)
         ready.set()
         log.info("partition %d read back: %d answers, %d alerts", partition, len(decided_p),
                  len(alerted_p))
@@ -289,6 +292,51 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     hold_until = time.monotonic() + settings.ready_wait.total_seconds()
 
+    offsets = OffsetTracker()
+
+    async def answer_intent(key: bytes | None, value: bytes | None, partition: int,
+                            offset: int) -> None:
+        out = rt.pipeline.on_intent(key, value, partition=partition, offset=offset,
+                                    memo=decided_in(partition))
+        if out.remember is not None:
+            memo_key = out.remember[0].encode()
+            decided[memo_key] = out.remember[1]
+            expiry.add(partition, memo_key, time.time())
+        if out.pending is not None and out.expires_at is not None:
+            memo_key = out.pending[0].encode()
+            pending[memo_key] = out.pending[1]
+            due.add(memo_key, out.expires_at.timestamp(), (key or b"").decode(), partition)
+        for old in expiry.due(partition, time.time()):
+            if old in decided:
+                del decided[old]  # a tombstone in this partition's changelog
+        await send(out.records, t.intents)
+        if out.record is not None:
+            log.info("decision", extra=decision_log_fields(out.record))
+        if out.duplicate:
+            metrics.redelivered.inc()
+        elif out.intent_id is not None:
+            metrics.observe_decision(out.decision, out.reasons, out.requested_at, out.issued)
+
+    async def answer_skipped(partition: int, start: int, end: int) -> None:
+        """Intents the consumer skipped (see OffsetTracker): read and answer them here, in
+        order, before the record after them - so no commit can pass them unanswered."""
+        log.error("the consumer skipped intents %d..%d of partition %d; reading them directly",
+                  start, end - 1, partition)
+        delay = 0.5
+        while True:
+            try:
+                records = await asyncio.get_running_loop().run_in_executor(
+                    None, read_range, settings, t.intents, partition, start, end)
+                break
+            except Exception as exc:  # the broker is away: wait, never skip
+                log.warning("reading skipped intents failed (%s); retrying in %.1fs",
+                            type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        for offset, key, value in records:
+            await answer_intent(key, value, partition, offset)
+        metrics.skipped_recovered.inc(len(records))
+
     @app.agent(intents)
     async def decide_intents(stream: Any) -> None:
         async for event in stream.events():
@@ -299,27 +347,11 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                     await asyncio.wait_for(rt.loader.wait_ready(),
                                            hold_until - time.monotonic())
             await gate(msg.partition)
-            out = rt.pipeline.on_intent(msg.key, msg.value, partition=msg.partition,
-                                        offset=msg.offset, memo=decided_in(msg.partition))
-            if out.remember is not None:
-                key = out.remember[0].encode()
-                decided[key] = out.remember[1]
-                expiry.add(msg.partition, key, time.time())
-            if out.pending is not None and out.expires_at is not None:
-                key = out.pending[0].encode()
-                pending[key] = out.pending[1]
-                due.add(key, out.expires_at.timestamp(), msg.key.decode(), msg.partition)
-            for old in expiry.due(msg.partition, time.time()):
-                if old in decided:
-                    del decided[old]  # a tombstone in this partition's changelog
-            await send(out.records, t.intents)
-            if out.record is not None:
-                log.info("decision", extra=decision_log_fields(out.record))
-            if out.duplicate:
-                metrics.redelivered.inc()
-            elif out.intent_id is not None:
-                metrics.observe_decision(out.decision, out.reasons, out.requested_at,
-                                         out.issued)
+            skipped = offsets.missing(msg.partition, msg.offset)
+            if skipped is not None:
+                await answer_skipped(msg.partition, *skipped)
+            await answer_intent(msg.key, msg.value, msg.partition, msg.offset)
+            offsets.done(msg.partition, msg.offset)
 
     @app.agent(approval_decisions)
     async def settle_approvals(stream: Any) -> None:
@@ -402,6 +434,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             if tp.topic == t.intents:
                 gates.pop(tp.partition, None)  # read back again if it comes back
                 recovered.forget(tp.partition)
+                offsets.forget(tp.partition)
 
     @app.task
     async def load_identity() -> None:

@@ -70,6 +70,9 @@ class WorkerMetrics:
         self.records_resent = Counter(
             "gatepass_records_resent", "Records written again because the first write was "
             "not acknowledged before a commit.", registry=r)
+        self.skipped_recovered = Counter(
+            "gatepass_skipped_intents_recovered", "Intents the consumer skipped that the "
+            "worker read and answered itself.", registry=r)
         self.last_progress = time.monotonic()
 
     def observe_decision(self, decision: str, reasons: tuple[str, ...],

@@ -29,7 +29,7 @@ from gatepass.errors import BrokerError, GatepassError
 from gatepass.transport.offsets import watermarks
 from gatepass.transport.topics import KAFKA_LOG
 
-__all__ = ["Overlay", "Recovered", "read_back"]
+__all__ = ["Overlay", "Recovered", "read_back", "read_range"]
 
 log = logging.getLogger("gatepass.worker")
 SKEW_MARGIN = timedelta(seconds=60)
@@ -82,11 +82,15 @@ class Overlay(Mapping[str, bytes]):
         return len({*self._table, *self._recovered})
 
 
+def _committed(consumer: Consumer, topic: str, partition: int) -> int | None:
+    offset = consumer.committed([TopicPartition(topic, partition)], timeout=10)[0].offset
+    return offset if offset >= 0 else None
+
+
 def _since(consumer: Consumer, topic: str, partition: int, fallback: datetime) -> datetime:
     """When the oldest record that can still be redelivered to this group was written."""
-    tp = TopicPartition(topic, partition)
-    committed = consumer.committed([tp], timeout=10)[0].offset
-    if committed < 0:
+    committed = _committed(consumer, topic, partition)
+    if committed is None:
         return fallback
     low, high = watermarks(consumer, topic, partition)
     if committed >= high:
@@ -130,9 +134,11 @@ def _read(consumer: Consumer, topic: str, partition: int, since: datetime,
 
 
 def read_back(settings: Settings, schemas: SchemaSet, partition: int, *,
-              timeout: float = 60.0) -> tuple[dict[str, bytes], dict[str, bytes]]:
+              timeout: float = 60.0) -> tuple[dict[str, bytes], dict[str, bytes], int | None]:
     """(intent id -> DecisionRecord, agent id -> OrphanAlert) of one partition, as written
-    since anything that can be redelivered to this group was written."""
+    since anything that can be redelivered to this group was written, and the group's
+    committed offset of the intents partition (the next intent it will be given; None when
+    the group has committed none)."""
     t = settings.topics
     fallback = datetime.now(UTC) - settings.dedupe_horizon
     consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.app_id,
@@ -140,6 +146,9 @@ def read_back(settings: Settings, schemas: SchemaSet, partition: int, *,
     decided: dict[str, bytes] = {}
     alerted: dict[str, bytes] = {}
     try:
+        next_intent = _committed(consumer, t.intents, partition)
+        if next_intent is None:  # nothing committed: the group starts at the log's start
+            next_intent = watermarks(consumer, t.intents, partition)[0]
         since = _since(consumer, t.intents, partition, fallback)
         for value in _read(consumer, t.audit, partition, since, timeout):
             try:
@@ -158,4 +167,35 @@ def read_back(settings: Settings, schemas: SchemaSet, partition: int, *,
         raise BrokerError(f"cannot read back partition {partition}: {exc}") from exc
     finally:
         consumer.close()
-    return decided, alerted
+    return decided, alerted, next_intent
+
+
+def read_range(settings: Settings, topic: str, partition: int, start: int, end: int, *,
+               timeout: float = 60.0) -> list[tuple[int, bytes | None, bytes | None]]:
+    """(offset, key, value) of the records at offsets start..end-1 of one partition."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.app_id,
+                         "enable.auto.commit": False, "logger": KAFKA_LOG})
+    out: list[tuple[int, bytes | None, bytes | None]] = []
+    try:
+        low, high = watermarks(consumer, topic, partition)
+        start, end = max(start, low), min(end, high)
+        if start >= end:
+            return out
+        consumer.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading {topic}[{partition}] {start}..{end} took over "
+                                  f"{timeout:.0f}s")
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            offset = msg.offset() or 0
+            if offset < end:
+                out.append((offset, msg.key(), msg.value()))
+            if offset + 1 >= end:
+                return out
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read {topic}[{partition}]: {exc}") from exc
+    finally:
+        consumer.close()

@@ -41,3 +41,24 @@ def test_a_revoked_partition_is_forgotten() -> None:
     index.add(3, b"k", 0.0)
     index.forget_partition(3)
     assert index.due(3, 100.0) == []
+
+
+# ---- OffsetTracker ----------------------------------------------------------------------------
+def test_tracker_reports_offsets_skipped_since_the_committed_one() -> None:
+    from gatepass.worker.memo import OffsetTracker
+
+    t = OffsetTracker()
+    assert t.missing(1, 500) is None  # nothing known yet: nothing to compare
+    t.expect(1, 568)  # the group's committed offset when the partition was taken
+    assert t.missing(1, 568) is None
+    t.done(1, 568)
+    assert t.missing(1, 569) is None
+    t.done(1, 569)
+    assert t.missing(1, 652) == (570, 652)  # 570..651 never reached the agent
+    t.done(1, 652)
+    assert t.missing(1, 600) is None  # a redelivery after a seek back is not a skip
+    t.done(1, 600)
+    assert t.missing(1, 653) is None  # done() never moves backwards
+    assert t.missing(2, 10) is None  # partitions are separate
+    t.forget(1)
+    assert t.missing(1, 10_000) is None
