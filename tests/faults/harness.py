@@ -180,6 +180,9 @@ class SeenVerdict:
     decided_at: datetime
 
 
+STUCK_S = 10.0
+
+
 class VerdictReader(threading.Thread):
     """Reads every verdict partition from the beginning for as long as it runs."""
 
@@ -213,22 +216,45 @@ class VerdictReader(threading.Thread):
     def _read(self) -> None:
         topic = self.settings.topics.verdicts
         codec = schemas().verdict
+        # next offset per partition, so a consumer that stops fetching can be replaced
+        positions = dict.fromkeys(range(self.settings.partitions), OFFSET_BEGINNING)
+        while not self._halt.is_set():
+            self._read_until_stuck(topic, codec, positions)
+
+    def _read_until_stuck(self, topic: str, codec: RecordCodec,
+                          positions: dict[int, int]) -> None:
+        """Read until halted, or until records wait on the topic but none arrive for
+        STUCK_S (seen once after a clean broker restart: librdkafka never fetched again);
+        then the caller starts a fresh consumer at the same positions."""
         consumer = Consumer({"bootstrap.servers": self.settings.bootstrap,
                              "group.id": f"fault-reader-{uuid.uuid4().hex[:6]}",
                              "enable.auto.commit": False, "logger": KAFKA_LOG})
         try:
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
-                             for p in range(self.settings.partitions)])
+            consumer.assign([TopicPartition(topic, p, o) for p, o in positions.items()])
+            quiet_since = time.monotonic()
             while not self._halt.is_set():
-                for msg in consumer.consume(500, timeout=0.2):
+                batch = consumer.consume(500, timeout=0.2)
+                for msg in batch:
                     if msg.error() or msg.value() is None:
                         continue
+                    positions[msg.partition() or 0] = (msg.offset() or 0) + 1
                     rec = codec.decode(msg.value())
                     seen = SeenVerdict(rec["decision"], rec["credential_id"],
                                        tuple(rec["reasons"]), rec["decided_at"])
                     with self._lock:
                         self.verdicts[rec["intent_id"]].append(seen)
                         self.records += 1
+                if batch:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > STUCK_S:
+                    quiet_since = time.monotonic()
+                    with contextlib.suppress(Exception):
+                        behind = [p for p, o in positions.items()
+                                  if watermarks(consumer, topic, p)[1] > max(o, 0)]
+                        if behind:
+                            KAFKA_LOG.warning("verdict reader stuck behind on %s; "
+                                              "reconnecting", behind)
+                            return
         finally:
             consumer.close()
 
