@@ -54,3 +54,11 @@ clean:
 .PHONY: faults
 faults: install
 	GATEPASS_FAULT_INTENTS=100000 $(BIN)/python -m pytest -m faults tests/faults -s
+
+# Known vulnerabilities of the installed dependencies, from PyPI's advisory data
+# (docs/security-tests.md). --strict: a dependency that could not be checked fails the run
+# instead of passing silently. Not part of `test`: the PyPI this workplace and its CI reach
+# does not serve the per-release JSON that pip-audit reads, so nothing can be audited here.
+.PHONY: audit
+audit: install
+	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off

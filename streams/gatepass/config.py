@@ -37,9 +37,12 @@ DEFAULT_INTENT_MAX_AGE = timedelta(minutes=2)
 DEFAULT_INTENT_MAX_SKEW = timedelta(seconds=30)
 DEFAULT_WEB_PORT = 6066
 DEFAULT_READY_WAIT = timedelta(seconds=15)
+DEFAULT_IDENTITY_MAX_AGE = timedelta(seconds=60)
 DEFAULT_APPROVAL_TIMEOUT = timedelta(minutes=5)
 MAX_APPROVAL_TIMEOUT = timedelta(hours=1)
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,10 @@ class Settings:
     # How long a starting worker holds intents while its identity view loads, before it
     # answers them state_not_ready (a worker joining the group takes partitions at once).
     ready_wait: timedelta = DEFAULT_READY_WAIT
+    # A worker decides only on an identity view known to hold every lifecycle record written
+    # this long ago; an older view (identity consumer stalled, broker unreachable) is DENY
+    # state_not_ready. A bulk import that keeps the view behind longer denies meanwhile.
+    identity_max_age: timedelta = DEFAULT_IDENTITY_MAX_AGE
     log_level: str = "info"
     log_format: str = "json"  # json lines (default) or text for humans
     # Human approval: how long an owner has; where the approval page is reached from outside
@@ -166,6 +173,9 @@ class Settings:
     approval_url: str | None = None
     approval_webhook_url: str | None = None
     approval_webhook_secret: Secret | None = None
+    # Every agent must sign its intents, also those registered without a public key (which
+    # are then denied intent_signature_invalid). Agents with a key must sign regardless.
+    require_signed_intents: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -191,12 +201,16 @@ class Settings:
             raise ConfigError("log_format", "must be json or text")
         if not timedelta(0) <= self.ready_wait <= timedelta(minutes=10):
             raise ConfigError("ready_wait", "must be between 0 and 10 minutes")
+        if not timedelta(seconds=1) <= self.identity_max_age <= timedelta(hours=1):
+            raise ConfigError("identity_max_age", "must be between 1 second and 1 hour")
         if not timedelta(seconds=1) <= self.approval_timeout <= MAX_APPROVAL_TIMEOUT:
             raise ConfigError("approval_timeout", "must be between 1 second and 1 hour")
         for key in ("approval_url", "approval_webhook_url"):
             url = getattr(self, key)
             if url is not None and not re.match(r"^https?://[^\s/]+", url):
                 raise ConfigError(key, "must be an http(s) URL")
+        if not isinstance(self.require_signed_intents, bool):
+            raise ConfigError("require_signed_intents", "must be true or false")
         if (self.approval_webhook_url is None) != (self.approval_webhook_secret is None):
             raise ConfigError("approval_webhook_secret",
                               "the approval webhook needs both a URL and a secret")
@@ -272,10 +286,11 @@ class Settings:
 
 def _env_keys(name: str) -> list[tuple[str, str]]:
     if name in {"pass_ttl", "intent_max_age", "intent_max_skew", "ready_wait",
-                "approval_timeout"}:
+                "approval_timeout", "identity_max_age"}:
         return [(f"GATEPASS_{name.upper()}_SECONDS", "seconds")]
     kinds = {"partitions": "int", "replication": "int", "web_port": "int",
-             "home": "path", "scope_file": "path", "approval_webhook_secret": "secret"}
+             "home": "path", "scope_file": "path", "approval_webhook_secret": "secret",
+             "require_signed_intents": "bool"}
     return [(f"GATEPASS_{name.upper()}", kinds.get(name, "str"))]
 
 
@@ -292,6 +307,11 @@ def _convert(key: str, raw: str, kind: str) -> Any:
             return Path(raw)
         if kind == "secret":
             return Secret(raw)  # never empty: an empty variable counts as unset
+        if kind == "bool":
+            word = raw.strip().lower()
+            if word not in _BOOLS:
+                raise ValueError(raw)
+            return _BOOLS[word]
     except (ValueError, OverflowError) as exc:
         raise ConfigError(key, f"not a valid {kind}: {raw!r}") from exc
     return raw

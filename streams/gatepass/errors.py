@@ -26,7 +26,10 @@ CLI output and HTTP error bodies, so scripts can match on them. Never reuse or r
     │   ├── AudienceMismatchError   audience_mismatch
     │   ├── ScopeMismatchError      scope_mismatch
     │   ├── TokenReplayedError      replayed
-    │   └── ReplayCacheFullError    replay_cache_full
+    │   ├── ReplayCacheFullError    replay_cache_full
+    │   ├── ProofMissingError       dpop_missing
+    │   ├── ProofInvalidError       dpop_invalid
+    │   └── ProofReplayedError      dpop_replayed
     ├── NotificationError           notification_failed
     ├── ConnectorError              connector_error
     │   ├── UnauthenticatedError    unauthenticated
@@ -67,6 +70,9 @@ __all__ = [
     "LifetimeExceededError",
     "NotificationError",
     "PayloadInvalidError",
+    "ProofInvalidError",
+    "ProofMissingError",
+    "ProofReplayedError",
     "PublishFailedError",
     "RecordInvalidError",
     "ReplayCacheFullError",
@@ -229,6 +235,24 @@ class ReplayCacheFullError(CredentialError):
     """The replay cache is full of unexpired passes; refused rather than risk a replay."""
 
     code = "replay_cache_full"
+
+
+class ProofMissingError(CredentialError):
+    """The pass is bound to a key (cnf.jkt), or the verifier demands DPoP, and no proof came."""
+
+    code = "dpop_missing"
+
+
+class ProofInvalidError(CredentialError):
+    """The DPoP proof is malformed, not made with the pass's key, stale, or for another call."""
+
+    code = "dpop_invalid"
+
+
+class ProofReplayedError(CredentialError):
+    """The DPoP proof's `jti` was already presented (each proof is single-use)."""
+
+    code = "dpop_replayed"
 
 
 class NotificationError(GatepassError):

@@ -72,7 +72,9 @@ class FaultBroker:
         try:
             self.kafka.down(timeout=30)
         finally:
-            shutil.rmtree(self.kafka.home, ignore_errors=True)
+            # The data goes; the broker's logs stay with the test's tmp_path for a post-mortem
+            # (a broker that would not come back after a clean restart was seen once).
+            shutil.rmtree(self.kafka.data_dir, ignore_errors=True)
 
 
 # -- workers -----------------------------------------------------------------------------------

@@ -83,12 +83,17 @@ def world() -> IdentityState:
     return state
 
 
-def snapshot(state: IdentityState) -> tuple[Any, ...]:
-    """Everything an IdentityState holds, copied (records are frozen, owner sets are not)."""
-    return (dict(state.agents), dict(state.principals),
-            {k: frozenset(v) for k, v in state._owned.items()},
-            dict(state._agent_reg_order), dict(state._agent_status_order),
-            dict(state._principal_order))
+def snapshot(state: IdentityState) -> dict[str, Any]:
+    """Everything an IdentityState holds, copied (records are frozen, owner sets are not).
+
+    Read from its __slots__, so a field added to the state is compared without a change here.
+    """
+    copied: dict[str, Any] = {}
+    for name in type(state).__slots__:
+        value = getattr(state, name)
+        assert isinstance(value, dict), (name, type(value))
+        copied[name] = {k: frozenset(v) if isinstance(v, set) else v for k, v in value.items()}
+    return copied
 
 
 @pytest.fixture(scope="module")
@@ -234,18 +239,46 @@ INTENT_SEEDS = [SCHEMAS.intent.encode(intent_to_record(seed_intent(**c))) for c 
     {}, {"intent_id": REMEMBERED_ID}, {"intent_id": CORRUPT_ID},
     {"agent_id": "ghost-bot"}, {"agent_id": "tom-bot", "delegation_chain": ("helper-bot",)},
     {"amount": None, "currency": None, "action": "vendor.read"},
-    {"amount": Decimal("99999.9999")}, {"context": {}})]
+    {"amount": Decimal("99999.9999")}, {"context": {}},
+    {"agent_id": "infra-bot", "action": "cloud.provision", "resource": "gpu",
+     "amount": Decimal("500.00")})]
+
+
+@st.composite
+def near_valid_intents(draw: Any) -> tuple[bytes | None, bytes, int]:
+    """Well-formed intents of known agents, keyed and placed right: they reach the policy,
+    so ALLOW, PENDING (above the approval threshold, or an always-approved action) and
+    every DENY reason each get their share."""
+    agent = draw(st.sampled_from(list(AGENTS)))
+    intent = seed_intent(
+        intent_id=str(draw(st.uuids())), agent_id=agent,
+        action=draw(st.sampled_from(["purchase_order.create", "vendor.read", "cloud.provision",
+                                     "invoice.read", "customer.read"])),
+        amount=draw(st.sampled_from([None, Decimal("120.00"), Decimal("10000.00"),
+                                     Decimal("10000.01"), Decimal("50000"),
+                                     Decimal("100000.01"), Decimal("1999.99")])),
+        delegation_chain=tuple(draw(st.lists(st.sampled_from(list(AGENTS)), max_size=2,
+                                             unique=True).filter(lambda c: agent not in c))),
+        requested_at=NOW - timedelta(milliseconds=draw(st.integers(-5_000, 200_000))))
+    if intent.amount is None:
+        intent = seed_intent(**{**{f: getattr(intent, f) for f in (
+            "intent_id", "agent_id", "action", "delegation_chain", "requested_at")},
+            "amount": None, "currency": None})
+    return (agent.encode(), SCHEMAS.intent.encode(intent_to_record(intent)),
+            partition_for(agent, N))
 
 
 def intent_cases() -> st.SearchStrategy[tuple[bytes | None, bytes | None, int]]:
     structured = intent_inputs()
     seeds = st.one_of(st.sampled_from(INTENT_SEEDS), structured.map(lambda t: t[1]))
-    keyed = st.tuples(st.sampled_from([b"procure-bot", b"ghost-bot", b"tom-bot", None]),
+    keyed = st.tuples(st.sampled_from([b"procure-bot", b"ghost-bot", b"tom-bot", b"infra-bot",
+                                       None]),
                       mutations(seeds, SCHEMAS.intent), st.integers(0, N - 1))
     # the right partition for the key, so mutated seeds can still reach the decision
     keyed = keyed.map(lambda t: (t[0], t[1], partition_for(t[0] or b"", N)
                                  if t[2] % 2 else t[2]))
-    return st.one_of(structured, keyed, keyed, st.tuples(st.none(), st.none(), st.just(0)))
+    return st.one_of(structured, keyed, keyed, near_valid_intents(),
+                     st.tuples(st.none(), st.none(), st.just(0)))
 
 
 def decodable_intent(value: bytes | None) -> Intent | None:
@@ -284,6 +317,11 @@ def genuinely_allowed(intent: Intent, key: bytes | None, partition: int,
         if POLICY.check(agent.purpose, intent.action, intent.amount, intent.currency):
             return False
     return True
+
+
+def needs_approval(intent: Intent, identity: IdentityState) -> bool:
+    agent = identity.agent(intent.agent_id)
+    return agent is not None and bool(POLICY.approval.why(agent.purpose, intent))
 
 
 def assert_pass_covers(token: str, intent: Intent, keystore: KeyStore) -> None:
@@ -327,7 +365,7 @@ def test_fuzz_intents(keystore: KeyStore, fuzz_target: Callable[[str], Target]) 
             assert out.remember is None
         for r in out.records:
             assert r.topic in {TOPICS.verdicts, TOPICS.audit, TOPICS.denials,
-                               TOPICS.orphan_checks}, r.topic
+                               TOPICS.orphan_checks, TOPICS.approvals}, r.topic
             assert r.partition == partition
         if not topics:
             assert out.duplicate and intent.intent_id == CORRUPT_ID
@@ -343,13 +381,25 @@ def test_fuzz_intents(keystore: KeyStore, fuzz_target: Callable[[str], Target]) 
                 assert (audit["credential"] is None) == (verdict["credential"] is None)
             elif r.topic == TOPICS.orphan_checks:
                 SCHEMAS.orphan_check.decode(r.value)
+            elif r.topic == TOPICS.approvals:
+                request = SCHEMAS.approval_request.decode(r.value)
+                assert request["intent"]["intent_id"] == intent.intent_id
+                assert verdict["decision"] == "PENDING" and not out.duplicate
         if verdict["decision"] == "ALLOW":
             assert verdict["credential"], "ALLOW without a credential"
             covered = remembered if out.duplicate else intent
             if not out.duplicate:
                 assert genuinely_allowed(intent, key, partition, pipeline.identity), intent
+                assert not needs_approval(intent, pipeline.identity), intent
             assert_pass_covers(verdict["credential"], covered, keystore)
             target.count("allow")
+        elif verdict["decision"] == "PENDING":
+            # every check passed but the owner must decide: no pass, one request
+            assert verdict["credential"] is None and not out.duplicate
+            assert genuinely_allowed(intent, key, partition, pipeline.identity), intent
+            assert needs_approval(intent, pipeline.identity), intent
+            assert TOPICS.approvals in topics and out.pending is not None
+            target.count("pending")
         else:
             assert verdict["decision"] == "DENY" and verdict["credential"] is None
             target.count("deny:" + ",".join(verdict["reasons"]))
@@ -357,6 +407,7 @@ def test_fuzz_intents(keystore: KeyStore, fuzz_target: Callable[[str], Target]) 
     run()
     assert target.inputs >= EXAMPLES
     assert target.outcomes["allow"] > 0, "no input reached an ALLOW: the strategy is broken"
+    assert target.outcomes["pending"] > 0, "no input reached a PENDING: the strategy is broken"
 
 
 # ---- identity (lifecycle) ----------------------------------------------------------------

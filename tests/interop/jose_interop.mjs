@@ -10,14 +10,21 @@
 //   node jose_interop.mjs sign     {issuer, subject, audience, iat, ttl, intent_id, owner,
 //                                   policy_version, action, resource, amount, currency, typ}
 //     -> {token, jwks, kid}
+//   node jose_interop.mjs dpop-verify {proof}
+//     -> {ok: true, payload, protectedHeader, jkt} | {ok: false, code, message}
+//        (the proof's signature checked with the key in its own header, as RFC 9449 says)
+//   node jose_interop.mjs dpop-sign   {jwk (private OKP), token, htm, htu, iat}
+//     -> {proof}: a DPoP proof made by jose, ath computed here from the written rule
 
 import { createHash, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import {
   calculateJwkThumbprint,
   createLocalJWKSet,
+  EmbeddedJWK,
   exportJWK,
   generateKeyPair,
+  importJWK,
   jwtVerify,
   SignJWT,
 } from "jose";
@@ -87,7 +94,37 @@ async function sign(req) {
   return { token, kid, jwks: { keys: [{ ...jwk, kid, use: "sig", alg: "EdDSA" }] } };
 }
 
-const modes = { verify, sign };
+async function dpopVerify(req) {
+  try {
+    const { payload, protectedHeader } = await jwtVerify(req.proof, EmbeddedJWK, {
+      algorithms: ["EdDSA"],
+      typ: "dpop+jwt",
+      currentDate: new Date(req.now * 1000),
+      requiredClaims: ["jti", "htm", "htu", "iat"],
+    });
+    const jkt = await calculateJwkThumbprint(protectedHeader.jwk, "sha256");
+    return { ok: true, payload, protectedHeader, jkt };
+  } catch (err) {
+    return { ok: false, code: err.code ?? err.name, message: String(err.message) };
+  }
+}
+
+async function dpopSign(req) {
+  const privateKey = await importJWK(req.jwk, "EdDSA");
+  const { d, ...publicJwk } = req.jwk;
+  const proof = await new SignJWT({
+    htm: req.htm,
+    htu: req.htu,
+    ath: createHash("sha256").update(req.token, "ascii").digest("base64url"),
+  })
+    .setProtectedHeader({ alg: "EdDSA", typ: "dpop+jwt", jwk: publicJwk })
+    .setIssuedAt(req.iat)
+    .setJti(randomUUID())
+    .sign(privateKey);
+  return { proof };
+}
+
+const modes = { verify, sign, "dpop-verify": dpopVerify, "dpop-sign": dpopSign };
 const mode = modes[process.argv[2]];
 if (!mode) {
   process.stderr.write(`usage: node jose_interop.mjs (${Object.keys(modes).join("|")}) < request.json\n`);

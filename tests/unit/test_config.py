@@ -35,6 +35,7 @@ def test_defaults() -> None:
     assert (s.intent_max_age, s.intent_max_skew) == (timedelta(minutes=2), timedelta(seconds=30))
     assert s.scope_file is None
     assert s.log_level == "info"
+    assert s.require_signed_intents is False  # agents with a registered key must sign anyway
     assert s.keystore_dir == Path(".gatepass/keys")
     assert s.jwks_file == Path(".gatepass/jwks.json")
 
@@ -84,6 +85,12 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("GATEPASS_SCOPE_FILE", "/etc/gatepass/scopes.toml", "scope_file",
      Path("/etc/gatepass/scopes.toml")),
     ("GATEPASS_LOG_LEVEL", "debug", "log_level", "debug"),
+    ("GATEPASS_REQUIRE_SIGNED_INTENTS", "true", "require_signed_intents", True),
+    ("GATEPASS_REQUIRE_SIGNED_INTENTS", " ON ", "require_signed_intents", True),
+    ("GATEPASS_REQUIRE_SIGNED_INTENTS", "1", "require_signed_intents", True),
+    ("GATEPASS_REQUIRE_SIGNED_INTENTS", "false", "require_signed_intents", False),
+    ("GATEPASS_REQUIRE_SIGNED_INTENTS", "no", "require_signed_intents", False),
+    ("GATEPASS_REQUIRE_SIGNED_INTENTS", "", "require_signed_intents", False),  # unset
 ]
 
 
@@ -162,6 +169,8 @@ INVALID_ENV: list[tuple[str, str, str]] = [
     ("GATEPASS_INTENT_MAX_SKEW_SECONDS", "soon", "intent_max_skew"),
     ("GATEPASS_TOPIC_PREFIX", "gate pass.", "topic_prefix"),
     ("GATEPASS_BOOTSTRAP", "  ", "bootstrap"),
+    ("GATEPASS_REQUIRE_SIGNED_INTENTS", "maybe", "require_signed_intents"),
+    ("GATEPASS_REQUIRE_SIGNED_INTENTS", "2", "require_signed_intents"),
 ]
 
 
@@ -215,7 +224,7 @@ def test_to_env_round_trips_through_load() -> None:
                  web_host="0.0.0.0", web_port=8080, issuer="https://gatepass.example",
                  pass_ttl=timedelta(seconds=90), intent_max_age=timedelta(minutes=10),
                  intent_max_skew=timedelta(0), scope_file=Path("/etc/gatepass/scopes.toml"),
-                 log_level="debug")
+                 log_level="debug", require_signed_intents=True)
     assert Settings.load(env=s.to_env()) == s
 
 

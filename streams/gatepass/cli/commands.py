@@ -16,7 +16,7 @@ from gatepass.core import (
     PrincipalStatus,
     PrincipalStatusChanged,
 )
-from gatepass.errors import CredentialError
+from gatepass.errors import ConfigError, CredentialError
 
 __all__ = [
     "cmd_agent_status",
@@ -79,10 +79,11 @@ def _publish(settings: Settings, event: Any) -> None:
 def cmd_register_agent(ns: argparse.Namespace, settings: Settings) -> int:
     event = AgentRegistered(agent_id=ns.agent, owner=ns.owner, purpose=ns.purpose,
                             department=ns.department, contact=ns.contact,
-                            created_by=ns.created_by, event_time=datetime.now(UTC),
-                            source="cli")
+                            created_by=ns.created_by, public_key=ns.public_key,
+                            event_time=datetime.now(UTC), source="cli")
     _publish(settings, event)
-    print(f"registered {ns.agent}: owner={ns.owner} purpose={ns.purpose}")
+    keyed = " (signed intents, key-bound passes)" if ns.public_key else ""
+    print(f"registered {ns.agent}: owner={ns.owner} purpose={ns.purpose}{keyed}")
     return 0
 
 
@@ -110,10 +111,25 @@ def verdict_json(v: Any) -> dict[str, Any]:
             "approval": None if v.approval is None else dict(v.approval)}
 
 
+def _agent_key(path: Any) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError("agent_key", f"{path}: not a readable unencrypted PEM private key "
+                                       f"({type(exc).__name__})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError("agent_key", f"{path}: not an Ed25519 key")
+    return key
+
+
 def cmd_intent(ns: argparse.Namespace, settings: Settings) -> int:
     from gatepass.sdk import GatepassClient
 
-    with GatepassClient.from_settings(settings, timeout=ns.timeout) as client:
+    key = _agent_key(ns.agent_key) if ns.agent_key else None
+    with GatepassClient.from_settings(settings, timeout=ns.timeout, agent_key=key) as client:
         verdict = client.authorize(ns.action, ns.resource, amount=ns.amount,
                                    currency=ns.currency, audience=ns.audience,
                                    agent_id=ns.agent, delegation_chain=ns.delegated_by)
@@ -171,15 +187,19 @@ def cmd_verify(ns: argparse.Namespace, settings: Settings) -> int:
         jwks = load_jwks(ns.jwks)
     else:
         jwks = KeyStore.open(settings.keystore_dir, create=False).jwks(now=datetime.now(UTC))
+    if ns.dpop and not (ns.method and ns.url):
+        raise ConfigError("dpop", "--dpop needs --method and --url (the request it was made for)")
     verifier = PassVerifier(jwks, audience=ns.audience, issuer=settings.issuer)
     try:
         verified = verifier.verify(ns.token, action=ns.action, resource=ns.resource,
-                                   amount=ns.amount, currency=ns.currency)
+                                   amount=ns.amount, currency=ns.currency, dpop=ns.dpop,
+                                   method=ns.method, url=ns.url)
     except CredentialError as exc:
         print(f"invalid: {exc.code}: {exc}")
         return 1
+    bound = f", bound to key {verified.key_thumbprint}" if verified.key_thumbprint else ""
     print(f"valid: pass {verified.credential_id} for {verified.agent_id} "
-          f"(owner {verified.owner}, intent {verified.intent_id}) "
+          f"(owner {verified.owner}, intent {verified.intent_id}{bound}) "
           f"expires {verified.expires_at:%Y-%m-%d %H:%M:%S}Z")
     return 0
 

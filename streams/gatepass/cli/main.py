@@ -44,6 +44,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _public_key(text: str) -> str:
+    from gatepass.credentials._jose import ed25519_public_key
+
+    try:
+        ed25519_public_key(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not an Ed25519 public key as an OKP JWK x value (base64url, 32 bytes): {exc}"
+        ) from exc
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatepass", description=(
         "Runtime authorization for AI agents: every action checked when it happens."))
@@ -78,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--department")
     r.add_argument("--contact")
     r.add_argument("--created-by")
+    r.add_argument("--public-key", type=_public_key, metavar="X",
+                   help="the agent's Ed25519 public key (OKP JWK x, base64url): its intents "
+                        "must then be signed and its passes are bound to it")
 
     pr = sub.add_parser("principal", help="set a principal's status (e.g. offboard someone)")
     pr.add_argument("principal")
@@ -103,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="if the owner must approve (PENDING), wait this long for the final "
                         "verdict (default: print PENDING and exit 1)")
     i.add_argument("--json", action="store_true", help="one JSON object on one line")
+    i.add_argument("--agent-key", type=Path, metavar="PEM",
+                   help="the agent's Ed25519 private key (PKCS#8 PEM): signs the intent")
 
     sub.add_parser("jwks", help="print the public keys (JWKS) of the local key store")
     kr = sub.add_parser("keys", help="manage the signing keys")
@@ -115,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--amount", type=_decimal)
     v.add_argument("--currency")
     v.add_argument("--jwks", help="JWKS file or URL (default: the local key store)")
+    v.add_argument("--dpop", metavar="PROOF",
+                   help="the DPoP proof presented with a key-bound pass (needs --method, --url)")
+    v.add_argument("--method", help="the HTTP method the pass is presented with (for --dpop)")
+    v.add_argument("--url", help="the URL the pass is presented at (for --dpop)")
     v.add_argument("token")
 
     t = sub.add_parser("tail", help="print records of a topic readably")

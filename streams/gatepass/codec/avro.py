@@ -134,18 +134,25 @@ class SchemaSet:
     @classmethod
     def load(cls, folder: Path) -> SchemaSet:
         current = {stem: json.loads((folder / f"{stem}.avsc").read_text()) for stem in _FILES}
-        # history/<stem>.v<N>.avsc: the files of one N form one earlier generation. A type
-        # they refer to resolves within that generation (falling back to the current file),
-        # so a DecisionRecord written before ActionIntent changed keeps its own fingerprint.
-        generations: dict[str, dict[str, Any]] = {}
+        # history/<stem>.v<N>.avsc: the files of one N form one earlier generation, holding
+        # the record types that changed after it. A type they refer to resolves within that
+        # generation, else as the nearest later generation has it (it had not changed since),
+        # else to the current file; so a DecisionRecord written before ActionIntent changed
+        # keeps its own fingerprint, however many generations ago it was written.
+        generations: dict[int, dict[str, Any]] = {}
         for path in sorted((folder / "history").glob("*.v*.avsc")):
             stem, _, version = path.name.removesuffix(".avsc").rpartition(".v")
             if stem not in current or not version.isdigit():
                 raise ConfigError("schemas_dir", f"{path}: expected <record>.v<N>.avsc")
-            generations.setdefault(version, {})[stem] = json.loads(path.read_text())
+            generations.setdefault(int(version), {})[stem] = json.loads(path.read_text())
         history: dict[str, list[Any]] = {stem: [] for stem in _FILES}
-        for files in generations.values():
-            for stem, expanded in _expand_all({**current, **files}).items():
+        ordered = sorted(generations)
+        for i, generation in enumerate(ordered):
+            files = generations[generation]
+            as_then = dict(current)
+            for later in reversed(ordered[i + 1:]):  # the nearest later generation wins
+                as_then.update(generations[later])
+            for stem, expanded in _expand_all({**as_then, **files}).items():
                 if stem in files:
                     history[stem].append(expanded)
         return cls(**{stem: RecordCodec(current[stem]["name"], expanded, history[stem])

@@ -52,7 +52,7 @@ def intent_to_record(intent: Intent) -> dict[str, Any]:
         "resource": intent.resource, "audience": intent.audience, "amount": amount,
         "currency": intent.currency, "context": dict(intent.context),
         "requested_at": intent.requested_at,
-        "delegation_chain": list(intent.delegation_chain),
+        "delegation_chain": list(intent.delegation_chain), "signature": intent.signature,
     }
 
 
@@ -67,7 +67,8 @@ def intent_from_record(rec: Mapping[str, Any]) -> Intent:
         resource=rec["resource"], audience=rec["audience"], amount=amount,
         currency=rec.get("currency"), context=rec.get("context") or {},
         requested_at=rec["requested_at"],
-        delegation_chain=tuple(rec.get("delegation_chain") or ()))
+        delegation_chain=tuple(rec.get("delegation_chain") or ()),
+        signature=rec.get("signature"))
 
 
 def _normalize(amount: Decimal) -> Decimal:
@@ -85,7 +86,7 @@ def lifecycle_to_record(event: LifecycleEvent) -> dict[str, Any]:
         body = ("dev.gatepass.v1.AgentRegistered", {
             "agent_id": event.agent_id, "owner": event.owner, "purpose": event.purpose,
             "department": event.department, "contact": event.contact,
-            "created_by": event.created_by})
+            "created_by": event.created_by, "public_key": event.public_key})
     elif isinstance(event, AgentStatusChanged):
         body = ("dev.gatepass.v1.AgentStatusChanged",
                 {"agent_id": event.agent_id, "status": event.status.value})
@@ -110,7 +111,7 @@ def lifecycle_from_record(rec: Mapping[str, Any]) -> LifecycleEvent:
         return AgentRegistered(agent_id=body["agent_id"], owner=body["owner"],
                                purpose=body["purpose"], department=body.get("department"),
                                contact=body.get("contact"), created_by=body.get("created_by"),
-                               **common)
+                               public_key=body.get("public_key"), **common)
     if "status" in body:
         return AgentStatusChanged(agent_id=body["agent_id"], status=AgentStatus(body["status"]),
                                   **common)
@@ -123,14 +124,14 @@ def facts_to_record(facts: IdentityFacts) -> dict[str, Any]:
         "agent_status": facts.agent_status, "agent_status_at": facts.agent_status_at,
         "owner": facts.owner, "owner_status": facts.owner_status,
         "owner_status_at": facts.owner_status_at, "purpose": facts.purpose,
-        "department": facts.department,
+        "department": facts.department, "agent_key_jkt": facts.agent_key_jkt,
     }
 
 
 def facts_from_record(rec: Mapping[str, Any]) -> IdentityFacts:
     return IdentityFacts(**{k: rec.get(k) for k in (
         "agent_status", "agent_status_at", "owner", "owner_status", "owner_status_at",
-        "purpose", "department")}, state_ready=bool(rec.get("state_ready")),
+        "purpose", "department", "agent_key_jkt")}, state_ready=bool(rec.get("state_ready")),
         agent_registered=bool(rec.get("agent_registered")))
 
 

@@ -1,4 +1,7 @@
-"""The pure decision core: identity state, scope policy and `decide`. No I/O lives here."""
+"""The pure decision core: identity state, scope policy, intent signatures and `decide`.
+
+No I/O lives here.
+"""
 
 from gatepass.core.decide import Freshness, IdentityView, decide, validate_intent
 from gatepass.core.identity import (
@@ -22,8 +25,17 @@ from gatepass.core.model import (
     Reason,
 )
 from gatepass.core.scope import ActionRule, ScopePolicy
+from gatepass.core.signing import (
+    INTENT_SIGNING_LABEL,
+    intent_signature_problem,
+    intent_signing_input,
+    key_thumbprint,
+    sign_intent,
+    usable_key_thumbprint,
+)
 
 __all__ = [
+    "INTENT_SIGNING_LABEL",
     "ActionRule",
     "AgentRecord",
     "AgentRegistered",
@@ -44,6 +56,11 @@ __all__ = [
     "Reason",
     "ScopePolicy",
     "decide",
+    "intent_signature_problem",
+    "intent_signing_input",
+    "key_thumbprint",
     "lifecycle_key",
+    "sign_intent",
+    "usable_key_thumbprint",
     "validate_intent",
 ]

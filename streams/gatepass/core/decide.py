@@ -25,6 +25,7 @@ from gatepass.core.model import (
     Reason,
 )
 from gatepass.core.scope import ScopePolicy
+from gatepass.core.signing import intent_signature_problem, usable_key_thumbprint
 
 __all__ = ["Freshness", "IdentityView", "decide", "validate_intent"]
 
@@ -91,14 +92,19 @@ def validate_intent(intent: Intent) -> list[str]:
 
 
 def decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now: datetime,
-           freshness: Freshness, ready: bool) -> DecisionResult:
+           freshness: Freshness, ready: bool,
+           require_signed_intents: bool = False) -> DecisionResult:
     """ALLOW only when every check passes; any error is a DENY `internal_error`.
 
     PENDING (reason `pending_approval`) when every check passes but the policy says the
     owner must approve this one: `gatepass.core.approval.judge` decides the rest.
+    An agent with a registered public key must have signed the intent (and every agent
+    must, with `require_signed_intents`): otherwise DENY `intent_signature_invalid`, for
+    that reason alone, before any other identity check can speak for an unproven request.
     """
     try:
-        return _decide(intent, identity, policy, now=now, freshness=freshness, ready=ready)
+        return _decide(intent, identity, policy, now=now, freshness=freshness, ready=ready,
+                       require_signed=require_signed_intents)
     except Exception as exc:  # a failing rule must never allow
         return _deny(policy.version, (Reason.INTERNAL_ERROR,), IdentityFacts(state_ready=ready),
                      f"decision failed: {type(exc).__name__}")
@@ -111,7 +117,7 @@ def _deny(version: str, reasons: tuple[Reason, ...], facts: IdentityFacts, detai
 
 
 def _decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now: datetime,
-            freshness: Freshness, ready: bool) -> DecisionResult:
+            freshness: Freshness, ready: bool, require_signed: bool) -> DecisionResult:
     version = policy.version
     problems = validate_intent(intent)
     if problems:
@@ -123,7 +129,8 @@ def _decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now:
                      f"requested_at is {age.total_seconds():.3f}s from the decision time")
     if not ready:
         return _deny(version, (Reason.STATE_NOT_READY,), IdentityFacts(state_ready=False),
-                     "identity state is still loading")
+                     "identity state is not ready: still loading, or older than the "
+                     "allowed maximum")
 
     agent = identity.agent(intent.agent_id)
     if agent is None or not agent.registered:
@@ -136,7 +143,13 @@ def _decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now:
         agent_registered=True, agent_status=agent.status.value, agent_status_at=agent.status_at,
         owner=agent.owner, owner_status=owner.status.value if owner else None,
         owner_status_at=owner.status_at if owner else None, purpose=agent.purpose,
-        department=agent.department, state_ready=True)
+        department=agent.department, state_ready=True,
+        agent_key_jkt=usable_key_thumbprint(agent.public_key))
+    bad_signature = intent_signature_problem(intent, agent.public_key, required=require_signed)
+    if bad_signature:
+        # Nothing else is judged for a request nobody proved the agent made: no orphan
+        # alert, no scope answer, just this.
+        return _deny(version, (Reason.INTENT_SIGNATURE_INVALID,), facts, bad_signature)
 
     reasons: list[Reason] = []
     details: list[str] = []

@@ -54,6 +54,8 @@ class AgentRegistered(_Source):
     department: str | None = None
     contact: str | None = None
     created_by: str | None = None
+    # RFC 8037 OKP `x` of the agent's Ed25519 public key (base64url, 32 bytes), if it has one.
+    public_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,8 +254,8 @@ class IdentityState:
             return AgentRegistered(agent_id=ident, owner=agent.owner,
                                    purpose=agent.purpose or "", department=agent.department,
                                    contact=agent.contact, created_by=agent.created_by,
-                                   event_time=order[0], source=order[2],
-                                   source_event_id=order[3])
+                                   public_key=agent.public_key, event_time=order[0],
+                                   source=order[2], source_event_id=order[3])
         return None
 
     def holds(self, event: LifecycleEvent) -> bool:
@@ -293,7 +295,8 @@ class IdentityState:
         self._owned.setdefault(ev.owner, set()).add(ev.agent_id)
         self.agents[ev.agent_id] = replace(
             old, owner=ev.owner, purpose=ev.purpose, department=ev.department,
-            contact=ev.contact, created_by=ev.created_by, registered_at=ev.event_time)
+            contact=ev.contact, created_by=ev.created_by, public_key=ev.public_key,
+            registered_at=ev.event_time)
         orphan = None if self.owner_active(ev.owner) else ev.agent_id
         return Applied(True, agent_registered_orphan=orphan)
 

@@ -44,6 +44,9 @@ class Reason(StrEnum):
     OUT_OF_SCOPE = "out_of_scope"
     STATE_NOT_READY = "state_not_ready"
     INTERNAL_ERROR = "internal_error"
+    # The agent has a registered key (or signatures are mandatory) and the intent's
+    # signature is missing or does not verify: nobody proved the agent asked.
+    INTENT_SIGNATURE_INVALID = "intent_signature_invalid"
     # Human approval (verdicts): waiting, then approved, denied or expired.
     PENDING_APPROVAL = "pending_approval"
     APPROVED = "approved"
@@ -82,6 +85,9 @@ class Intent:
     currency: str | None = None
     context: Mapping[str, str] = field(default_factory=dict)
     delegation_chain: tuple[str, ...] = ()
+    # base64url Ed25519 signature over `intent_signing_input(intent)` by the acting agent's
+    # key (gatepass.core.signing); None: unsigned.
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +100,9 @@ class AgentRecord:
     purpose: str | None = None
     contact: str | None = None
     created_by: str | None = None
+    # The agent's Ed25519 public key (RFC 8037 OKP `x`, base64url of 32 bytes): when set,
+    # its intents must be signed with it and its passes are bound to it.
+    public_key: str | None = None
     registered_at: datetime | None = None  # event time of the registration fact
     status: AgentStatus = AgentStatus.ACTIVE
     status_at: datetime | None = None  # event time of the status fact
@@ -127,6 +136,8 @@ class IdentityFacts:
     purpose: str | None = None
     department: str | None = None
     state_ready: bool = False
+    # RFC 7638 thumbprint of the agent's registered key; a pass then carries cnf.jkt = it.
+    agent_key_jkt: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

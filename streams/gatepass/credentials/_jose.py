@@ -14,13 +14,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 __all__ = [
     "KID_PATTERN",
     "b64url_decode",
     "b64url_encode",
     "canonical_json",
     "decimal_string",
+    "ed25519_public_key",
     "ed25519_thumbprint",
+    "is_small_order",
     "loads_strict",
     "require_aware",
     "scope_hash",
@@ -132,6 +136,43 @@ def ed25519_thumbprint(x: bytes) -> str:
     """RFC 7638 JWK thumbprint of an Ed25519 public key (RFC 8037 section 2)."""
     members = {"crv": "Ed25519", "kty": "OKP", "x": b64url_encode(x)}
     return b64url_encode(hashlib.sha256(canonical_json(members)).digest())
+
+
+# Encodings of the Ed25519 points of small order (and their non-canonical aliases), compared
+# with the sign bit cleared, as libsodium's ge25519_has_small_order does.
+_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+))
+
+
+def is_small_order(raw: bytes) -> bool:
+    """Whether a 32-byte Ed25519 public key encodes a point of small order.
+
+    R = identity, S = 0 verifies under such a key for ANY message: a key like that would
+    let anyone forge signatures without a private key.
+    """
+    return len(raw) == 32 and raw[:31] + bytes([raw[31] & 0x7F]) in _SMALL_ORDER
+
+
+def ed25519_public_key(x: str) -> Ed25519PublicKey:
+    """An RFC 8037 OKP `x` value as a usable Ed25519 public key; ValueError when it is not.
+
+    Strict: canonical unpadded base64url of exactly 32 bytes, not a small-order point.
+    """
+    if not isinstance(x, str):
+        raise ValueError("x must be a string")
+    raw = b64url_decode(x)
+    if len(raw) != 32:
+        raise ValueError("x is not 32 bytes")
+    if is_small_order(raw):
+        raise ValueError("small-order point")
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def require_aware(value: datetime, name: str) -> datetime:

@@ -19,6 +19,10 @@ The header is exactly {"alg": "EdDSA", "kid": <kid>, "typ": "gatepass-pass+jwt"}
     approval                only for an intent its owner had to approve:
                             {"request_id": ..., "approver": <principal id>,
                              "approved_at": <integer seconds>}
+    cnf                     only when the agent has a registered key: {"jkt": <RFC 7638
+                            thumbprint of its OKP JWK>} (RFC 9449 section 6.1): the pass is
+                            then bound to that key, and a verifier demands a DPoP proof made
+                            with it (see verifier.py); without cnf it is a bearer pass
     act                     RFC 8693 actor chain, only when the delegation chain is non-empty:
                             nested actors, most recent delegator outermost: the chain (a, b)
                             (a delegated to b, b to the agent) gives
@@ -31,6 +35,7 @@ key always give the same token, byte for byte.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -64,6 +69,7 @@ PASS_TYP = "gatepass-pass+jwt"  # noqa: S105 (a media type, not a password)
 MAX_PASS_TTL = timedelta(hours=1)
 # Fixed forever: changing it would change every credential id derived from an intent id.
 PASS_ID_NAMESPACE = uuid.UUID("6f1d3c52-8a0e-4b7e-9d25-3c1f0b9e7a41")
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256 digest
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +97,8 @@ class PassRequest:
     policy_version: str
     issued_at: datetime  # tz-aware decision time; the issuer never reads a clock
     approval: PassApproval | None = None
+    # RFC 7638 thumbprint of the agent's public key: the pass is bound to it (cnf.jkt).
+    cnf_jkt: str | None = None
 
     def __post_init__(self) -> None:
         names = ("intent_id", "agent_id", "audience", "action", "resource", "owner")
@@ -118,6 +126,9 @@ class PassRequest:
         if self.approval is not None and not (self.approval.request_id
                                               and self.approval.approver):
             raise CredentialError("pass request: approval needs a request id and an approver")
+        if self.cnf_jkt is not None and not (isinstance(self.cnf_jkt, str)
+                                             and _JKT.fullmatch(self.cnf_jkt)):
+            raise CredentialError("pass request: cnf_jkt must be a SHA-256 JWK thumbprint")
 
 
 @dataclass(frozen=True, repr=False)
@@ -192,6 +203,8 @@ class PassIssuer:
             claims["approval"] = {"request_id": req.approval.request_id,
                                   "approver": req.approval.approver,
                                   "approved_at": int(req.approval.approved_at.timestamp())}
+        if req.cnf_jkt is not None:
+            claims["cnf"] = {"jkt": req.cnf_jkt}
         if req.delegation_chain:
             claims["act"] = actor_claim(req.delegation_chain)
         signing_input = f"{self._header_segment(key.kid)}.{b64url_encode(canonical_json(claims))}"

@@ -19,11 +19,25 @@
     exp - iat <= max_ttl                                   LifetimeExceededError
     aud is the verifier's audience                         AudienceMismatchError
     scope == scope_hash of the action being executed       ScopeMismatchError
+    a key-bound pass (cnf.jkt), or require_dpop, and no
+      DPoP proof; require_dpop and a pass without cnf      ProofMissingError
+    the proof (only when the pass has cnf.jkt), in order:  ProofInvalidError
+      size, 3 canonical segments, JSON objects; typ is
+      exactly "dpop+jwt"; alg exactly "EdDSA"; no jku,
+      x5u, x5c, kid or crit; jwk an OKP/Ed25519 public key
+      (a private member "d" is refused); its thumbprint ==
+      cnf.jkt; Ed25519 signature; jti htm htu iat ath
+      present and typed; htm == the request's method
+      (case-sensitive); htu == its URI (normalised, no
+      query or fragment); |now - iat| <= dpop_window;
+      ath == base64url SHA-256 of the pass
+    the proof's jti never presented before (remembered)    ProofReplayedError
     jti never presented before (then remembered)           TokenReplayedError
 
 `aud` may be the audience string or a one-member array holding it: a pass is for exactly one
 target system, so a multi-audience pass (usable at another system too) is refused.
-The jti is consumed only once every other check has passed: a rejected pass never burns it.
+The jti is consumed only once every other check has passed: a rejected pass never burns it
+(nor does a rejected or replayed proof). Proof jtis live in a ReplayCache of their own.
 A verifier holds one parsed JWKS; after a key rotation build a new one, passing the same
 ReplayCache so single use holds across the switch.
 """
@@ -33,6 +47,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import math
+import re
 import threading
 import time
 import urllib.error
@@ -49,7 +64,15 @@ from urllib.parse import urlsplit
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gatepass.credentials._jose import KID_PATTERN, b64url_decode, loads_strict, scope_hash
+from gatepass.credentials._jose import (
+    KID_PATTERN,
+    b64url_decode,
+    ed25519_public_key,
+    ed25519_thumbprint,
+    loads_strict,
+    scope_hash,
+)
+from gatepass.credentials.dpop import DPOP_TYP, access_token_hash, normalize_htu
 from gatepass.credentials.issuer import PASS_TYP
 from gatepass.errors import (
     AlgorithmNotAllowedError,
@@ -57,10 +80,14 @@ from gatepass.errors import (
     ClaimInvalidError,
     ClaimMissingError,
     ConfigError,
+    CredentialError,
     HeaderNotAllowedError,
     JwksError,
     KeyUnknownError,
     LifetimeExceededError,
+    ProofInvalidError,
+    ProofMissingError,
+    ProofReplayedError,
     ReplayCacheFullError,
     ScopeMismatchError,
     SignatureInvalidError,
@@ -81,6 +108,11 @@ _STRING_CLAIMS = ("iss", "sub", "jti", "intent_id", "scope", "owner")
 _TIME_CLAIMS = ("iat", "nbf", "exp")
 _MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
 _MAX_JWKS_BYTES = 1 << 20
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256 digest
+# Proof header members that would name a key other than the one in `jwk`.
+_PROOF_REFUSED_HEADERS = ("jku", "x5u", "x5c", "x5t", "x5t#S256", "kid", "crit")
+_PROOF_CLAIMS = ("jti", "htm", "htu", "iat", "ath")
+_MAX_JTI = 256
 
 
 class ReplayCache:
@@ -142,6 +174,12 @@ class VerifiedPass:
         approval = self.claims.get("approval")
         return approval["approver"] if isinstance(approval, dict) else None
 
+    @property
+    def key_thumbprint(self) -> str | None:
+        """cnf.jkt of a key-bound pass (the caller proved it holds that key); None: bearer."""
+        cnf = self.claims.get("cnf")
+        return cnf["jkt"] if isinstance(cnf, dict) else None
+
 
 class PassVerifier:
     """Verifies passes for one audience against one JWKS, offline."""
@@ -157,6 +195,9 @@ class PassVerifier:
         replay_cache: ReplayCache | None = None,
         now: Callable[[], float] = time.time,
         max_token_bytes: int = 8192,
+        require_dpop: bool = False,
+        dpop_window: timedelta = timedelta(seconds=60),
+        dpop_replay_cache: ReplayCache | None = None,
     ) -> None:
         if not isinstance(audience, str) or not audience:
             raise ConfigError("pass_audience", "must be a non-empty string")
@@ -168,6 +209,10 @@ class PassVerifier:
             raise ConfigError("pass_leeway", "must not be negative")
         if max_token_bytes <= 0:
             raise ConfigError("pass_max_token_bytes", "must be positive")
+        if not timedelta(seconds=1) <= dpop_window <= timedelta(minutes=10):
+            raise ConfigError("dpop_window", "must be between 1 second and 10 minutes")
+        if dpop_replay_cache is not None and dpop_replay_cache is replay_cache:
+            raise ConfigError("dpop_replay_cache", "must not be the passes' replay cache")
         self._keys, self._unusable = _parse_jwks(jwks)
         self._audience = audience
         self._issuer = issuer
@@ -176,6 +221,10 @@ class PassVerifier:
         self._replay_cache = ReplayCache() if replay_cache is None else replay_cache
         self._now = now
         self._max_token_bytes = max_token_bytes
+        self._require_dpop = require_dpop
+        self._dpop_window = dpop_window.total_seconds()
+        self._dpop_replay_cache = ReplayCache() if dpop_replay_cache is None \
+            else dpop_replay_cache
 
     def verify(
         self,
@@ -185,8 +234,15 @@ class PassVerifier:
         resource: str,
         amount: Decimal | None = None,
         currency: str | None = None,
+        dpop: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
     ) -> VerifiedPass:
-        """Check `token` as a pass for exactly this action; consume it; return its claims."""
+        """Check `token` as a pass for exactly this action; consume it; return its claims.
+
+        A pass bound to a key (cnf.jkt) needs `dpop`, a proof made with that key for this
+        request: its `method` (e.g. "POST") and `url` (the target URI as the caller used it).
+        """
         header, claims, signing_input, signature = self._decode(token)
         key, kid = self._key_for(header)
         try:
@@ -203,6 +259,12 @@ class PassVerifier:
             raise ScopeMismatchError(f"cannot compute the executed action's scope: {exc}") from exc
         if claims["scope"] != expected_scope:
             raise ScopeMismatchError("pass does not cover this action, resource and amount")
+        proof = self._check_binding(token, claims, dpop, method, url, now)
+        if proof is not None:
+            # Before the pass's jti: a replayed proof must not use up the pass.
+            proof_jti, proof_until = proof
+            if not self._dpop_replay_cache.check_and_store(proof_jti, proof_until, now):
+                raise ProofReplayedError("DPoP proof was already presented")
         # Last: only a pass that is otherwise valid may use up its jti.
         remember_until = claims["exp"] + math.ceil(self._leeway)
         if not self._replay_cache.check_and_store(claims["jti"], remember_until, now):
@@ -227,7 +289,7 @@ class PassVerifier:
             raise TokenTooLargeError(f"token exceeds {self._max_token_bytes} bytes")
         segments = token.split(".")
         if len(segments) != 3:
-            raise TokenMalformedError("a pass has three dot-separated segments")
+            raise TokenMalformedError("a compact JWS has three dot-separated segments")
         try:
             header_bytes, payload_bytes, signature = (b64url_decode(s) for s in segments)
         except ValueError:
@@ -286,6 +348,13 @@ class PassVerifier:
             raise ClaimInvalidError("claim 'exp' must be after 'iat'")
         if self._issuer is not None and claims["iss"] != self._issuer:
             raise ClaimInvalidError(f"claim 'iss' is not the trusted issuer {self._issuer!r}")
+        if "cnf" in claims:
+            cnf = claims["cnf"]
+            # jkt is the only confirmation method we issue; another one is not understood,
+            # and a binding we cannot check must not become a bearer pass.
+            if (not isinstance(cnf, dict) or set(cnf) != {"jkt"}
+                    or not isinstance(cnf["jkt"], str) or not _JKT.fullmatch(cnf["jkt"])):
+                raise ClaimInvalidError("claim 'cnf' must be {\"jkt\": <key thumbprint>}")
         if "approval" in claims:
             approval = claims["approval"]
             if (not isinstance(approval, dict) or set(approval) != {"request_id", "approver",
@@ -304,6 +373,84 @@ class PassVerifier:
         if claims["exp"] - claims["iat"] > self._max_ttl:
             raise LifetimeExceededError(f"pass lifetime exceeds {self._max_ttl:g} s")
 
+    def _check_binding(self, token: str, claims: dict[str, Any], dpop: str | None,
+                       method: str | None, url: str | None,
+                       now: float) -> tuple[str, int] | None:
+        """The DPoP proof of a key-bound pass: (its jti key, remember-until), or None for a
+        bearer pass (allowed unless require_dpop)."""
+        cnf = claims.get("cnf")
+        if cnf is None:
+            if self._require_dpop:
+                raise ProofMissingError("pass is not bound to a key (no cnf.jkt); this verifier "
+                                        "accepts DPoP-bound passes only")
+            return None  # a bearer pass; a proof beside it proves nothing about it
+        if dpop is None or dpop == "":
+            raise ProofMissingError("pass is bound to a key (cnf.jkt): a DPoP proof is required")
+        if not isinstance(method, str) or not method or not isinstance(url, str):
+            raise ProofInvalidError("the request's method and url are needed to check the proof")
+        jkt = cnf["jkt"]
+        header, proof, signing_input, signature = self._decode_proof(dpop)
+        if header.get("typ") != DPOP_TYP:
+            raise ProofInvalidError(f"proof typ {_short(header.get('typ'))} is not {DPOP_TYP!r}")
+        if header.get("alg") != "EdDSA":
+            raise ProofInvalidError(f"proof alg {_short(header.get('alg'))} is not allowed; "
+                                    "proofs use EdDSA")
+        refused = [name for name in _PROOF_REFUSED_HEADERS if name in header]
+        if refused:
+            raise ProofInvalidError(f"proof header member {refused[0]!r} is not allowed")
+        jwk = header.get("jwk")
+        if not isinstance(jwk, dict):
+            raise ProofInvalidError("proof header has no jwk")
+        if "d" in jwk:
+            raise ProofInvalidError("proof jwk holds a private key member 'd'")
+        if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+            raise ProofInvalidError("proof jwk is not an OKP/Ed25519 key")
+        try:
+            key = ed25519_public_key(jwk.get("x"))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ProofInvalidError(f"proof jwk is not a usable Ed25519 key ({exc})") from None
+        if ed25519_thumbprint(b64url_decode(jwk["x"])) != jkt:
+            raise ProofInvalidError("proof is not made with the key the pass is bound to")
+        try:
+            key.verify(signature, signing_input)
+        except InvalidSignature:
+            raise ProofInvalidError("proof signature does not verify") from None
+        for name in _PROOF_CLAIMS:
+            if name not in proof:
+                raise ProofInvalidError(f"proof claim {name!r} is missing")
+        for name in ("jti", "htm", "htu", "ath"):
+            if not isinstance(proof[name], str) or not proof[name]:
+                raise ProofInvalidError(f"proof claim {name!r} must be a non-empty string")
+        if len(proof["jti"]) > _MAX_JTI:
+            raise ProofInvalidError(f"proof jti is longer than {_MAX_JTI} characters")
+        if type(proof["iat"]) is not int or not 0 <= proof["iat"] <= _MAX_TIME:
+            raise ProofInvalidError("proof claim 'iat' must be integer seconds since the epoch")
+        if proof["htm"] != method:
+            raise ProofInvalidError(f"proof is for method {_short(proof['htm'])}, "
+                                    f"not {_short(method)}")
+        try:
+            htu = normalize_htu(proof["htu"])
+        except ValueError:
+            raise ProofInvalidError("proof htu is not an absolute http(s) URI") from None
+        try:
+            target = normalize_htu(url)
+        except ValueError:
+            raise ProofInvalidError("the request url is not an absolute http(s) URI") from None
+        if htu != target:
+            raise ProofInvalidError(f"proof is for {_short(htu)}, not {_short(target)}")
+        if abs(now - proof["iat"]) > self._dpop_window:
+            raise ProofInvalidError(f"proof iat is more than {self._dpop_window:g} s from now")
+        if proof["ath"] != access_token_hash(token):
+            raise ProofInvalidError("proof is for another pass (ath)")
+        # Kept until no clock in the window could accept the proof any more.
+        return f"{jkt}:{proof['jti']}", proof["iat"] + math.ceil(self._dpop_window) + 1
+
+    def _decode_proof(self, proof: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+        try:
+            return self._decode(proof)
+        except CredentialError as exc:
+            raise ProofInvalidError(f"proof: {exc}") from None
+
     def _check_audience(self, aud: str | list[str]) -> None:
         if isinstance(aud, list):
             ok = len(aud) == 1 and aud[0] == self._audience
@@ -317,23 +464,6 @@ def _short(value: Any) -> str:
     # Attacker-controlled values go into messages and logs: quoted and cut short.
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-# Encodings of the Ed25519 points of small order (and their non-canonical aliases), compared
-# with the sign bit cleared, as libsodium's ge25519_has_small_order does.
-_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
-    "0000000000000000000000000000000000000000000000000000000000000000",
-    "0100000000000000000000000000000000000000000000000000000000000000",
-    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
-    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
-    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-))
-
-
-def _small_order(raw: bytes) -> bool:
-    return raw[:31] + bytes([raw[31] & 0x7F]) in _SMALL_ORDER
 
 
 def _parse_jwks(jwks: Mapping[str, Any]) -> tuple[dict[str, Ed25519PublicKey], set[str]]:
@@ -365,14 +495,9 @@ def _parse_jwks(jwks: Mapping[str, Any]) -> tuple[dict[str, Ed25519PublicKey], s
         try:
             if not isinstance(x, str):
                 raise ValueError("missing x")
-            raw = b64url_decode(x)
-            if len(raw) != 32:
-                raise ValueError("x is not 32 bytes")
-            if _small_order(raw):
-                # R = identity, S = 0 verifies under such a key for ANY message: whoever can
-                # slip one into a JWKS could forge passes without a private key.
-                raise ValueError("small-order point")
-            keys[kid] = Ed25519PublicKey.from_public_bytes(raw)
+            # Small-order keys are refused: whoever could slip one into a JWKS could forge
+            # passes without a private key.
+            keys[kid] = ed25519_public_key(x)
         except ValueError as exc:
             raise JwksError(f"kid {kid!r}: bad Ed25519 public key ({exc})") from exc
     return keys, unusable

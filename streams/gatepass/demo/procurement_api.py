@@ -6,6 +6,9 @@
 201 with the order when the pass verifies for exactly this action, vendor and amount;
 401 with {"error": <code>, "message": ...} otherwise (a replayed pass is `replayed`);
 400 for a malformed body. It verifies offline with the worker's published JWKS.
+A pass bound to the agent's key (cnf.jkt) comes as `Authorization: DPoP <pass>` with a
+`DPoP: <proof>` header made for POST <this API's URL>/purchase-orders (RFC 9449); without
+the proof it is refused `dpop_missing`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ class ProcurementApi:
                                      "message": f"Content-Length must be 0-{_MAX_BODY}"})
                     return
                 self.reply(*api.handle(self.path, self.headers.get("Authorization", ""),
-                                       self.rfile.read(int(length))))
+                                       self.rfile.read(int(length)),
+                                       dpop=self.headers.get("DPoP")))
 
             def not_allowed(self) -> None:
                 self.reply(405, {"error": "method_not_allowed", "message": "POST only"})
@@ -87,7 +91,8 @@ class ProcurementApi:
         self._server.shutdown()
         self._server.server_close()
 
-    def handle(self, path: str, authorization: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+    def handle(self, path: str, authorization: str, raw: bytes,
+               dpop: str | None = None) -> tuple[int, dict[str, Any]]:
         if path != "/purchase-orders":
             return 404, {"error": "not_found", "message": "POST /purchase-orders"}
         try:
@@ -98,10 +103,12 @@ class ProcurementApi:
             return 400, {"error": "bad_request",
                          "message": "body must be JSON with vendor, amount, currency"}
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return 401, {"error": "pass_required", "message": "Authorization: Bearer <pass>"}
+        if scheme.lower() not in ("bearer", "dpop") or not token:
+            return 401, {"error": "pass_required",
+                         "message": "Authorization: Bearer <pass> (or DPoP <pass> with a proof)"}
         kwargs = {"action": "purchase_order.create", "resource": f"vendor:{vendor}",
-                  "amount": amount, "currency": currency}
+                  "amount": amount, "currency": currency, "dpop": dpop, "method": "POST",
+                  "url": self.url + path}
         try:
             try:
                 verified = self._verifier.verify(token, **kwargs)  # type: ignore[arg-type]

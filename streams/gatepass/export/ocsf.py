@@ -95,16 +95,19 @@ _API_ACTIVITY = {0: "Unknown", 1: "Create", 2: "Read", 3: "Update", 4: "Delete",
 _CONFIDENCE = {0: "Unknown", 1: "Low", 2: "Medium", 3: "High"}
 
 # Severity of a denial, by reason; the event takes the highest of its reasons.
-#   3 Medium: the agent's identity does not hold (ghost, inactive, unknown, escalation);
+#   3 Medium: the agent's identity does not hold (ghost, inactive, unknown, escalation,
+#             or nobody proved the agent sent the intent: a bad or missing signature);
 #   2 Low: it asked for something it may not do, or asked badly;
 #   1 Informational: Gatepass could not decide (loading, failure), not the agent's doing.
 _REASON_SEVERITY = {
     "owner_inactive": 3, "agent_inactive": 3, "unregistered_agent": 3, "delegation_denied": 3,
+    "intent_signature_invalid": 3,
     "out_of_scope": 2, "invalid_intent": 2, "stale_intent": 2,
     "state_not_ready": 1, "internal_error": 1,
 }
 # Reasons decided before the policy is looked at: its content was not applied.
-_BEFORE_POLICY = {"invalid_intent", "stale_intent", "state_not_ready", "internal_error"}
+_BEFORE_POLICY = {"invalid_intent", "stale_intent", "state_not_ready", "internal_error",
+                  "intent_signature_invalid"}
 
 _ACTION = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 _VERBS = {

@@ -6,6 +6,7 @@ from gatepass.sdk.client import (
     GatepassClient,
     LifecyclePublisher,
     Verdict,
+    agent_public_key,
     guard,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "GatepassClient",
     "LifecyclePublisher",
     "Verdict",
+    "agent_public_key",
     "guard",
 ]

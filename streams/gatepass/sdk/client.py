@@ -6,6 +6,17 @@
         if verdict.allowed:
             call_procurement_api(pass_=verdict.credential)
 
+An agent registered with a public key (`gatepass register-agent ... --public-key
+$(agent_public_key(key))`) passes its private key: every intent is then signed, and the
+passes it gets are bound to the key, so a target wants a proof with each one:
+
+    with GatepassClient(agent_id="procure-bot", audience="procurement-api",
+                        agent_key=key) as gp:
+        verdict = gp.authorize("purchase_order.create", "vendor:ACME", amount="120.00")
+        url = "https://procurement.example/purchase-orders"
+        headers = {"Authorization": f"DPoP {verdict.credential}",
+                   "DPoP": gp.proof(verdict, "POST", url)}
+
 Request/reply over Kafka correlated by intent id. No answer in time is a DENY with reason
 `sdk_timeout`, never an allow. Partitions are computed explicitly with Kafka's murmur2 so
 an agent's intents and verdicts share a partition whatever client produced them.
@@ -21,17 +32,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gatepass.codec.avro import schemas
 from gatepass.codec.records import intent_to_record, lifecycle_to_record
 from gatepass.config import DEFAULT_BOOTSTRAP, DEFAULT_TOPIC_PREFIX, Settings, TopicNames
-from gatepass.core import Intent, LifecycleEvent, lifecycle_key
+from gatepass.core import Intent, LifecycleEvent, lifecycle_key, sign_intent
+from gatepass.credentials import dpop_proof
+from gatepass.credentials._jose import b64url_encode
 from gatepass.errors import AuthorizationDenied, AuthorizationTimeout, BrokerError
 from gatepass.transport import partition_for, watermarks
 
@@ -41,6 +56,7 @@ __all__ = [
     "GatepassClient",
     "LifecyclePublisher",
     "Verdict",
+    "agent_public_key",
     "guard",
 ]
 
@@ -95,6 +111,18 @@ class Verdict:
                    approval=rec.get("approval"))
 
 
+def agent_public_key(key: Ed25519PrivateKey) -> str:
+    """The public key to register for an agent holding `key` (RFC 8037 OKP `x`, base64url).
+
+    >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    >>> len(agent_public_key(Ed25519PrivateKey.generate()))
+    43
+    """
+    if not isinstance(key, Ed25519PrivateKey):
+        raise TypeError("an agent key is an Ed25519PrivateKey")
+    return b64url_encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
 def _amount(value: Decimal | int | str | None) -> Decimal | None:
     if value is None:
         return None
@@ -109,7 +137,12 @@ class GatepassClient:
     def __init__(self, *, bootstrap: str = DEFAULT_BOOTSTRAP,
                  topic_prefix: str = DEFAULT_TOPIC_PREFIX, agent_id: str | None = None,
                  audience: str | None = None, timeout: float = 10.0,
-                 raise_on_deny: bool = False) -> None:
+                 raise_on_deny: bool = False,
+                 agent_key: Ed25519PrivateKey | None = None) -> None:
+        if agent_key is not None and not isinstance(agent_key, Ed25519PrivateKey):
+            raise TypeError("agent_key must be an Ed25519PrivateKey")
+        # Signs every intent and every proof of possession; never leaves this process.
+        self._agent_key = agent_key
         self._topics = TopicNames(topic_prefix)
         self._bootstrap = bootstrap
         self.agent_id = agent_id
@@ -201,7 +234,13 @@ class GatepassClient:
             del self._finals[intent_id]
 
     def submit(self, intent: Intent) -> Future[Verdict]:
-        """Publish one intent; the future resolves with its verdict (no timeout applied)."""
+        """Publish one intent; the future resolves with its verdict (no timeout applied).
+
+        With an `agent_key`, an unsigned intent is signed here (one already signed is sent
+        as it is).
+        """
+        if self._agent_key is not None and intent.signature is None:
+            intent = replace(intent, signature=sign_intent(intent, self._agent_key))
         fut: Future[Verdict] = Future()
         value = self._codecs.intent.encode(intent_to_record(intent))
         with self._lock:
@@ -292,6 +331,20 @@ class GatepassClient:
         with self._lock:
             self._finals.pop(verdict.intent_id, None)
         return final
+
+    def proof(self, verdict_or_pass: Verdict | str, method: str, url: str) -> str:
+        """A fresh DPoP proof (RFC 9449) for presenting a pass in one request.
+
+        Send it as the `DPoP` header beside `Authorization: DPoP <pass>`; make a new one for
+        every request (each is accepted once, for about a minute, for this method and URL).
+        """
+        if self._agent_key is None:
+            raise ValueError("this client has no agent_key to prove possession with")
+        token = verdict_or_pass.credential if isinstance(verdict_or_pass, Verdict) \
+            else verdict_or_pass
+        if not token:
+            raise ValueError("no pass to make a proof for (the verdict is not an ALLOW)")
+        return dpop_proof(self._agent_key, token=token, method=method, url=url)
 
     async def authorize_async(self, action: str, resource: str, **kwargs: Any) -> Verdict:
         """The asyncio form of `authorize` (the wait runs in a thread, not on the loop)."""

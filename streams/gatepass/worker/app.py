@@ -98,13 +98,17 @@ class Runtime:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.pipeline = Pipeline(settings=settings, schemas=self.schemas, policy=self.policy,
                                  issuer=self.issuer, identity=self.identity,
-                                 ready=lambda: self.loader.ready, worker=self.name,
+                                 ready=self.identity_ready, worker=self.name,
                                  approval_key=self.approval_key)
         self.metrics = WorkerMetrics()
         self.keys_published = False
 
     def approval_key(self) -> bytes:
         return self._approval_key
+
+    def identity_ready(self) -> bool:
+        """Loaded and not older than the allowed maximum: only then is anything decided."""
+        return self.loader.fresh(self.settings.identity_max_age.total_seconds())
 
     def channels(self) -> list[Notifier]:
         """Where approvers hear of requests: their inbox (the CLI) and the webhook if set."""
@@ -505,8 +509,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def readyz(web: Any, request: Any) -> Any:
         # Ready = identity loaded and this worker owns partitions (it is deciding).
         assigned = len(app.consumer.assignment()) if app.consumer else 0
-        ready = rt.loader.ready and rt.keys_published and assigned > 0 and not app.rebalancing
-        body = {"ready": ready, "identity_loaded": rt.loader.ready,
+        fresh = rt.identity_ready()
+        ready = fresh and rt.keys_published and assigned > 0 and not app.rebalancing
+        body = {"ready": ready, "identity_loaded": rt.loader.ready, "identity_fresh": fresh,
                 "keys_published": rt.keys_published,
                 "assigned_partitions": assigned, "identities": len(rt.identity),
                 "policy_version": rt.policy.version, "remembered_intents": len(expiry)}

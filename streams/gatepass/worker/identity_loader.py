@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -25,6 +26,8 @@ __all__ = ["IdentityLoader"]
 
 log = logging.getLogger("gatepass.identity")
 _YIELD_EVERY = 500
+_FRESHNESS_CHECK_S = 1.0
+_MAX_TARGETS = 30
 
 
 class IdentityLoader:
@@ -37,8 +40,42 @@ class IdentityLoader:
         self.rejected_records = 0
         self.ready_after: float | None = None
         self.last_poll = 0.0
+        # Monotonic time up to which the view is known complete: end offsets asked for then
+        # have all been applied. None until the first such check succeeds.
+        self.fresh_as_of: float | None = None
+        self._targets: list[tuple[float, dict[Any, int]]] = []
+        self._last_check = 0.0
         self._positions: dict[int, int] = {}
         self._progress = asyncio.Condition()
+
+    def fresh(self, max_age: float, now: float | None = None) -> bool:
+        """Loaded, and known to hold every lifecycle record written `max_age` seconds ago.
+
+        A stalled identity consumer (or a broker it cannot reach) makes the view age, and a
+        view older than the allowed maximum decides nothing: DENY state_not_ready.
+        """
+        if not self.ready or self.fresh_as_of is None:
+            return False
+        return (time.monotonic() if now is None else now) - self.fresh_as_of <= max_age
+
+    async def _track_freshness(self, consumer: AIOKafkaConsumer, tps: list[Any]) -> None:
+        """About once a second: ask for the end offsets; once every partition's position has
+        reached the ends asked for at time T, the view is complete as of T."""
+        now = time.monotonic()
+        if now - self._last_check >= _FRESHNESS_CHECK_S:
+            self._last_check = now
+            try:
+                ends = await consumer.end_offsets(tps)
+            except Exception as exc:  # unreachable: the view just ages (and then denies)
+                log.debug("identity end offsets not available: %s", type(exc).__name__)
+            else:
+                self._targets = [*self._targets[-(_MAX_TARGETS - 1):], (now, dict(ends))]
+        while self._targets:
+            asked_at, ends = self._targets[0]
+            if not all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                break
+            self.fresh_as_of = asked_at
+            self._targets.pop(0)
 
     async def run(self) -> None:
         topic = self.settings.topics.identity
@@ -76,6 +113,7 @@ class IdentityLoader:
                         self.ready_after = time.monotonic() - started
                         log.info("identity state ready: %d identities in %.2fs",
                                  len(self.state), self.ready_after)
+                await self._track_freshness(consumer, tps)
                 if batch or not self.ready:
                     async with self._progress:
                         self._progress.notify_all()

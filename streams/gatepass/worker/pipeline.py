@@ -40,6 +40,7 @@ from gatepass.core import (
     Reason,
     ScopePolicy,
     decide,
+    usable_key_thumbprint,
 )
 from gatepass.core.approval import (
     ApprovalDecision,
@@ -155,7 +156,8 @@ class Pipeline:
                 out: IntentOutcome) -> IntentOutcome:
 
         result = decide(intent, self.identity, self.policy, now=now, freshness=self.freshness,
-                        ready=self.ready())
+                        ready=self.ready(),
+                        require_signed_intents=self.settings.require_signed_intents)
         misplaced = self._misplaced(intent, key, partition)
         if misplaced:
             # Per-agent state (remembered verdicts, alerts) lives in the agent's partition; a
@@ -246,7 +248,9 @@ class Pipeline:
                     policy_version=record["policy_version"], issued_at=ref["issued_at"],
                     approval=None if approval is None else PassApproval(
                         request_id=approval["request_id"], approver=approval["approver"],
-                        approved_at=approval["decided_at"])))
+                        approved_at=approval["decided_at"]),
+                    # The key the first pass was bound to, as recorded: not today's key.
+                    cnf_jkt=record["facts"].get("agent_key_jkt")))
         except Exception as exc:
             log.error("redelivered intent %s not answered again (first verdict stands): %s",
                       out.intent_id, exc.code if isinstance(exc, GatepassError)
@@ -263,7 +267,7 @@ class Pipeline:
             action=intent.action, resource=intent.resource, amount=intent.amount,
             currency=intent.currency, owner=facts.owner or "",
             delegation_chain=intent.delegation_chain, policy_version=self.policy.version,
-            issued_at=now)
+            issued_at=now, cnf_jkt=facts.agent_key_jkt)
 
     def _decision_record(self, intent: Intent, result: DecisionResult, now: datetime,
                          issued: IssuedPass | None,
@@ -334,6 +338,10 @@ class Pipeline:
                 codecs.approval_request.decode(raw))
             if event is None:
                 verdict = judge_timeout(request, now=now, identity=self.identity)
+            elif request is not None and not self.ready():
+                # Who may approve is read from the identity view: not on a stale one.
+                verdict = Judgement(alert=Reason.STATE_NOT_READY,
+                                    detail="identity state is not ready; decide again shortly")
             else:
                 verdict = judge(request, finalized, event, identity=self.identity,
                                 rules=self.policy.approval, key=self._key(), now=now)
@@ -387,6 +395,10 @@ class Pipeline:
         if decision is Decision.ALLOW:
             assert event is not None
             try:
+                agent = self.identity.agent(intent.agent_id)
+                if agent is not None and agent.public_key and facts.agent_key_jkt is None:
+                    # Never a bearer pass for an agent with a key: bound, or none at all.
+                    raise ValueError("the agent's registered public key is unusable")
                 issued = self.issuer.issue(PassRequest(
                     intent_id=intent.intent_id, agent_id=intent.agent_id,
                     audience=intent.audience, action=intent.action, resource=intent.resource,
@@ -394,7 +406,8 @@ class Pipeline:
                     delegation_chain=intent.delegation_chain,
                     policy_version=request.policy_version, issued_at=now,
                     approval=PassApproval(request_id=request.request_id,
-                                          approver=event.approver, approved_at=now)))
+                                          approver=event.approver, approved_at=now),
+                    cnf_jkt=facts.agent_key_jkt))
             except Exception as exc:  # no key, no pass: the final answer is a DENY
                 log.error("signing failed for approved intent %s: %s", intent.intent_id,
                           type(exc).__name__)
@@ -425,7 +438,8 @@ class Pipeline:
             agent_status_at=agent.status_at, owner=agent.owner,
             owner_status=owner.status.value if owner else None,
             owner_status_at=owner.status_at if owner else None, purpose=agent.purpose,
-            department=agent.department, state_ready=self.ready())
+            department=agent.department, state_ready=self.ready(),
+            agent_key_jkt=usable_key_thumbprint(agent.public_key))
 
     def _approval_alert(self, event: ApprovalDecision, verdict: Judgement, now: datetime,
                         partition: int) -> Outgoing:

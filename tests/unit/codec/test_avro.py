@@ -130,18 +130,21 @@ def independent_forms() -> dict[str, str]:
 FACTS = {"state_ready": True, "agent_registered": True, "agent_status": "active",
          "agent_status_at": AT - timedelta(days=3), "owner": "sarah", "owner_status": "active",
          "owner_status_at": AT - timedelta(days=40), "purpose": "procurement",
-         "department": "finance"}
+         "department": "finance",
+         "agent_key_jkt": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"}
 INTENT = {"intent_id": INTENT_ID, "agent_id": "procure-bot", "action": "purchase_order.create",
           "resource": "vendor:ACME", "audience": "procurement-api",
           "amount": Decimal("120.0000"), "currency": "USD",
           "context": {"ticket": "PROC-4411", "trace_id": "0af7651916cd43dd"},
-          "requested_at": AT - timedelta(seconds=1), "delegation_chain": ["planner-bot"]}
+          "requested_at": AT - timedelta(seconds=1), "delegation_chain": ["planner-bot"],
+          "signature": "s" * 86}
 
 RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "intent": [
         ("with amount and delegation", INTENT),
         ("no amount, no context", INTENT | {"amount": None, "currency": None, "context": {},
-                                            "delegation_chain": [], "action": "vendor.read"}),
+                                            "delegation_chain": [], "action": "vendor.read",
+                                            "signature": None}),
         ("largest amount the schema holds", INTENT | {"amount": Decimal("99999999999999.9999")}),
         ("smallest amount step", INTENT | {"amount": Decimal("0.0001")}),
     ],
@@ -150,13 +153,15 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                               "event": ("dev.gatepass.v1.AgentRegistered", {
                                   "agent_id": "procure-bot", "owner": "sarah",
                                   "purpose": "procurement", "department": "finance",
-                                  "contact": "sarah@example.com", "created_by": "it-admin"}),
+                                  "contact": "sarah@example.com", "created_by": "it-admin",
+                                  "public_key": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
                               "recorded_at": None}),
         ("agent registered, optionals null", {
             "event_time": AT, "source": "cli", "source_event_id": "",
             "event": ("dev.gatepass.v1.AgentRegistered", {
                 "agent_id": "procure-bot", "owner": "sarah", "purpose": "procurement",
-                "department": None, "contact": None, "created_by": None}),
+                "department": None, "contact": None, "created_by": None,
+                "public_key": None}),
             "recorded_at": None}),
         ("agent suspended", {"event_time": AT, "source": "entra", "source_event_id": "e-2",
                              "event": ("dev.gatepass.v1.AgentStatusChanged",
@@ -204,7 +209,8 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                                    "agent_status": None, "agent_status_at": None,
                                    "owner": None, "owner_status": None,
                                    "owner_status_at": None, "purpose": None,
-                                   "department": None}, "approval": None}),
+                                   "department": None, "agent_key_jkt": None},
+                         "approval": None}),
     ],
     "orphan_alert": [
         ("owner offboarded", {"alert_id": "0d4c7c52-1b3e-5f59-9a0e-4c3f4a5e8d21",

@@ -26,7 +26,8 @@ from gatepass.worker import Pipeline
 from gatepass.worker.policy import load_scope_policy
 
 FIXTURES = Path(__file__).parent / "fixtures"
-PREVIOUS = FIXTURES / "intent.v0.avsc"  # before delegation_chain (which has a default) existed
+# before delegation_chain and signature (which have defaults) existed
+PREVIOUS = FIXTURES / "intent.v0.avsc"
 NEXT_ADDED = FIXTURES / "intent.next_added_field.avsc"  # + trace_id, default null
 NEXT_REMOVED = FIXTURES / "intent.next_removed_field.avsc"  # - context, which had default {}
 NEXT_WIDENED = FIXTURES / "intent.next_widened_union.avsc"  # resource: string -> [string, null]
@@ -36,7 +37,8 @@ CURRENT_RECORD: dict[str, Any] = {
     "intent_id": "7b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11", "agent_id": "procure-bot",
     "action": "purchase_order.create", "resource": "vendor:ACME", "audience": "procurement-api",
     "amount": Decimal("120.0000"), "currency": "USD", "context": {"ticket": "PROC-4411"},
-    "requested_at": AT, "delegation_chain": ["planner-bot"]}
+    "requested_at": AT, "delegation_chain": ["planner-bot"], "signature": "c2ln" * 21 + "cw"}
+ADDED_SINCE_V0 = ("delegation_chain", "signature")
 
 
 def schema_folder(root: Path, *, intent: Path | None = None,
@@ -63,7 +65,7 @@ def _fields(path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("fixture", "added", "removed", "changed"), [
-    (PREVIOUS, set(), {"delegation_chain"}, set()),
+    (PREVIOUS, set(), set(ADDED_SINCE_V0), set()),
     (NEXT_ADDED, {"trace_id"}, set(), set()),
     (NEXT_REMOVED, set(), {"context"}, set()),
     (NEXT_WIDENED, set(), set(), {"resource"}),
@@ -91,7 +93,7 @@ def current_bytes() -> bytes:
 def test_current_reader_without_history_refuses_the_previous_writer(tmp_path: Path) -> None:
     previous = load(tmp_path / "previous", intent=PREVIOUS)
     data = previous.intent.encode({k: v for k, v in CURRENT_RECORD.items()
-                                   if k != "delegation_chain"})
+                                   if k not in ADDED_SINCE_V0})
     assert previous.intent.fingerprint != schemas().intent.fingerprint
     with pytest.raises(UnknownSchemaError) as info:
         schemas().intent.decode(data)
@@ -102,15 +104,16 @@ def test_current_reader_without_history_refuses_the_previous_writer(tmp_path: Pa
 def test_previous_writer_is_read_by_the_current_reader_with_history(tmp_path: Path,
                                                                     current_bytes: bytes) -> None:
     previous = load(tmp_path / "previous", intent=PREVIOUS)
-    old_record = {k: v for k, v in CURRENT_RECORD.items() if k != "delegation_chain"}
+    old_record = {k: v for k, v in CURRENT_RECORD.items() if k not in ADDED_SINCE_V0}
     data = previous.intent.encode(old_record)
 
     reader = load(tmp_path / "reader", history={"intent.v0.avsc": PREVIOUS})
     assert reader.intent.fingerprint == schemas().intent.fingerprint  # history adds, not replaces
     decoded = reader.intent.decode(data)
-    assert decoded == old_record | {"delegation_chain": []}  # the added field's default
+    # the added fields' defaults
+    assert decoded == old_record | {"delegation_chain": [], "signature": None}
     intent = intent_from_record(decoded)
-    assert intent.delegation_chain == ()
+    assert intent.delegation_chain == () and intent.signature is None
     assert intent.amount == Decimal("120")
     # and the current writer is still read as before
     assert reader.intent.decode(current_bytes) == CURRENT_RECORD
@@ -218,15 +221,45 @@ def test_decision_records_written_before_an_intent_change_stay_readable(tmp_path
 FACTS = {"state_ready": True, "agent_registered": True, "agent_status": "active",
          "agent_status_at": AT, "owner": "sarah", "owner_status": "active",
          "owner_status_at": AT, "purpose": "procurement", "department": None}
+# The intent as generations 1 and 2 wrote it (no signature yet).
+UNSIGNED_RECORD = {k: v for k, v in CURRENT_RECORD.items() if k != "signature"}
+HISTORY = schema_dir() / "history"
+
+
+def _generation(root: Path, files: dict[str, str]) -> SchemaSet:
+    """The writers of an earlier generation: schemas/ with these history files as current."""
+    folder = schema_folder(root)
+    for stem, name in files.items():
+        shutil.copy(HISTORY / name, folder / f"{stem}.avsc")
+    return SchemaSet.load(folder)
 
 
 def _previous_generation(root: Path) -> SchemaSet:
-    """The writers of before approvals: verdict and decision record of history v1."""
-    folder = schema_folder(root)
-    shutil.copy(schema_dir() / "history" / "verdict.v1.avsc", folder / "verdict.avsc")
-    shutil.copy(schema_dir() / "history" / "decision_record.v1.avsc",
-                folder / "decision_record.avsc")
-    return SchemaSet.load(folder)
+    """Before approvals: verdict and decision record of history v1, with the intent of
+    then, which had not changed before generation 2 (so it is the v2 file)."""
+    return _generation(root, {"verdict": "verdict.v1.avsc",
+                              "decision_record": "decision_record.v1.avsc",
+                              "lifecycle": "lifecycle.v1.avsc", "intent": "intent.v2.avsc"})
+
+
+def _generation_2(root: Path) -> SchemaSet:
+    """Before intent signatures: every v2 file of schemas/history."""
+    return _generation(root, {p.name.removesuffix(".v2.avsc"): p.name
+                              for p in HISTORY.glob("*.v2.avsc")})
+
+
+def test_the_v2_copies_are_the_schemas_before_signatures() -> None:
+    """Every schema that changed with intent signatures (itself or through a type it
+    embeds) has its v2 copy, and each copy lacks exactly the new fields."""
+    stems = {p.name.removesuffix(".v2.avsc") for p in HISTORY.glob("*.v2.avsc")}
+    assert stems == {"intent", "lifecycle", "verdict", "decision_record", "approval_request"}
+    assert set(_fields(schema_dir() / "intent.avsc")) - set(
+        _fields(HISTORY / "intent.v2.avsc")) == {"signature"}
+    old_facts = {f["name"] for f in _fields(HISTORY / "verdict.v2.avsc")["facts"]["type"][
+        "fields"]}
+    new_facts = {f["name"] for f in _fields(schema_dir() / "verdict.avsc")["facts"]["type"][
+        "fields"]}
+    assert new_facts - old_facts == {"agent_key_jkt"}
 
 
 def test_verdicts_written_before_approvals_are_read_with_no_approval(tmp_path: Path) -> None:
@@ -237,17 +270,19 @@ def test_verdicts_written_before_approvals_are_read_with_no_approval(tmp_path: P
               "policy_version": "scope-1", "decided_at": AT, "facts": FACTS}
     data = old.verdict.encode(record)
     assert data[2:10] != schemas().verdict.fingerprint
-    assert schemas().verdict.decode(data) == {**record, "approval": None}
+    assert schemas().verdict.decode(data) == {
+        **record, "approval": None, "facts": FACTS | {"agent_key_jkt": None}}
 
 
 def test_decision_records_written_before_approvals_are_read(tmp_path: Path) -> None:
     old = _previous_generation(tmp_path)
-    record = {"decision_id": "d-1", "intent": CURRENT_RECORD, "decision": "ALLOW",
+    record = {"decision_id": "d-1", "intent": UNSIGNED_RECORD, "decision": "ALLOW",
               "reasons": ["allowed"], "detail": "", "policy_version": "scope-1",
               "decided_at": AT, "facts": FACTS, "credential": None, "masked_fields": [],
               "worker": "w"}
     decoded = schemas().decision_record.decode(old.decision_record.encode(record))
     assert decoded["approval"] is None and decoded["decision"] == "ALLOW"
+    assert decoded["intent"] == UNSIGNED_RECORD | {"signature": None}
 
 
 def test_a_pending_verdict_is_unreadable_to_a_reader_from_before_approvals(
@@ -261,3 +296,49 @@ def test_a_pending_verdict_is_unreadable_to_a_reader_from_before_approvals(
                "approval": None}
     with pytest.raises(UnknownSchemaError):
         old.verdict.decode(schemas().verdict.encode(pending))
+
+
+def test_every_record_written_before_signatures_is_read_with_the_new_fields_null(
+        tmp_path: Path) -> None:
+    old = _generation_2(tmp_path)
+    new = schemas()
+    intent = new.intent.decode(old.intent.encode(UNSIGNED_RECORD))
+    assert intent == UNSIGNED_RECORD | {"signature": None}
+    assert intent_from_record(intent).signature is None
+
+    registered = {"event_time": AT, "source": "okta", "source_event_id": "e-1",
+                  "event": ("dev.gatepass.v1.AgentRegistered", {
+                      "agent_id": "procure-bot", "owner": "sarah", "purpose": "procurement",
+                      "department": None, "contact": None, "created_by": None}),
+                  "recorded_at": None}
+    decoded = new.lifecycle.decode(old.lifecycle.encode(registered))
+    assert decoded["event"]["public_key"] is None
+
+    verdict = {"intent_id": CURRENT_RECORD["intent_id"], "agent_id": "procure-bot",
+               "decision": "DENY", "reasons": ["out_of_scope"], "detail": "no",
+               "credential": None, "credential_id": None, "expires_at": None,
+               "policy_version": "scope-1", "decided_at": AT, "facts": FACTS,
+               "approval": None}
+    assert new.verdict.decode(old.verdict.encode(verdict))["facts"]["agent_key_jkt"] is None
+
+    record = {"decision_id": "d-2", "intent": UNSIGNED_RECORD, "decision": "DENY",
+              "reasons": ["out_of_scope"], "detail": "", "policy_version": "scope-1",
+              "decided_at": AT, "facts": FACTS, "credential": None, "masked_fields": [],
+              "worker": "w", "approval": None}
+    decoded = new.decision_record.decode(old.decision_record.encode(record))
+    assert decoded["intent"]["signature"] is None and decoded["facts"]["agent_key_jkt"] is None
+
+    request = {"request_id": "r-1", "intent": UNSIGNED_RECORD, "owner": "sarah",
+               "approvers": ["sarah"], "purpose": "procurement", "department": None,
+               "why": ["big"], "requested_at": AT, "expires_at": AT + timedelta(minutes=5),
+               "policy_version": "scope-1", "facts": FACTS}
+    decoded = new.approval_request.decode(old.approval_request.encode(request))
+    assert decoded["intent"]["signature"] is None and decoded["facts"]["agent_key_jkt"] is None
+
+
+def test_a_signed_intent_is_unreadable_to_a_reader_from_before_signatures(
+        tmp_path: Path) -> None:
+    """Readers first: upgrade every worker before any SDK sends the new intent schema."""
+    old = _generation_2(tmp_path)
+    with pytest.raises(UnknownSchemaError):
+        old.intent.decode(schemas().intent.encode(CURRENT_RECORD))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gatepass.core import (
     AgentRegistered,
@@ -24,7 +25,10 @@ from gatepass.core import (
     Reason,
     ScopePolicy,
     decide,
+    key_thumbprint,
+    sign_intent,
 )
+from gatepass.sdk import agent_public_key
 
 CASES = tomllib.loads((Path(__file__).parent / "cases" / "decide.toml").read_text())["case"]
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
@@ -45,6 +49,18 @@ approval_above = "1000.00"
 always = ["customer_data"]
 classes.customer_data = ["customer.read"]
 """)
+
+
+# Fixed test keys: `public_key = "agent"` in a case registers the first, `sign_with = "other"`
+# signs with the second; "raw:<x>" registers that literal x value.
+KEYS = {name: Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+        for name, seed in (("agent", 1), ("other", 2))}
+
+
+def public_key(spec: str | None) -> str | None:
+    if spec is None:
+        return None
+    return spec.removeprefix("raw:") if spec.startswith("raw:") else agent_public_key(KEYS[spec])
 
 
 def base_world() -> IdentityState:
@@ -73,7 +89,8 @@ def event_from(doc: dict[str, Any]) -> Any:
     kind = doc["kind"]
     if kind == "agent_registered":
         return AgentRegistered(agent_id=doc["agent"], owner=doc["owner"],
-                               purpose=doc["purpose"], event_time=at, source="case")
+                               purpose=doc["purpose"], public_key=public_key(doc.get("public_key")),
+                               event_time=at, source="case")
     if kind == "agent_status":
         return AgentStatusChanged(agent_id=doc["agent"], status=AgentStatus(doc["status"]),
                                   event_time=at, source="case")
@@ -85,10 +102,20 @@ def event_from(doc: dict[str, Any]) -> Any:
 
 
 def intent_from(overrides: dict[str, Any]) -> Intent:
-    intent = Intent(intent_id="7b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11", agent_id="procure-bot",
+    """The base intent with `overrides`; `sign_with` signs the result with a test key, then
+    `tamper` changes fields of the signed intent (as an attacker on the way would)."""
+    overrides = dict(overrides)
+    sign_with, tamper = overrides.pop("sign_with", None), overrides.pop("tamper", None)
+    intent = _with(Intent(intent_id="7b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11", agent_id="procure-bot",
                     action="purchase_order.create", resource="vendor:ACME",
                     audience="procurement-api", amount=Decimal("120.00"), currency="USD",
-                    requested_at=NOW - timedelta(seconds=1))
+                    requested_at=NOW - timedelta(seconds=1)), overrides)
+    if sign_with is not None:
+        intent = replace(intent, signature=sign_intent(intent, KEYS[sign_with]))
+    return _with(intent, tamper or {})
+
+
+def _with(intent: Intent, overrides: dict[str, Any]) -> Intent:
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
         if key == "age_seconds":
@@ -110,7 +137,8 @@ def test_decision_case(case: dict[str, Any]) -> None:
     for doc in case.get("events", []):
         state.apply(event_from(doc))
     result = decide(intent_from(case.get("intent", {})), state, POLICY, now=NOW,
-                    freshness=FRESHNESS, ready=case.get("ready", True))
+                    freshness=FRESHNESS, ready=case.get("ready", True),
+                    require_signed_intents=case.get("require_signed", False))
     assert result.decision is Decision(case["want"]), result.detail
     assert [r.value for r in result.reasons] == case["reasons"], result.detail
     assert result.orphaned is case.get("orphaned", False)
@@ -145,6 +173,33 @@ def test_allow_records_the_identity_facts_used() -> None:
     assert result.facts.agent_status == "active"
     assert result.facts.purpose == "procurement"
     assert result.facts.state_ready
+
+
+def test_a_keyed_agent_s_decision_records_its_key_thumbprint() -> None:
+    state = base_world()
+    state.apply(AgentRegistered(agent_id="keyed-bot", owner="sarah", purpose="procurement",
+                                public_key=public_key("agent"), event_time=T0, source="idp"))
+    result = decide(intent_from({"agent_id": "keyed-bot", "sign_with": "agent"}), state,
+                    POLICY, now=NOW, freshness=FRESHNESS, ready=True)
+    assert result.decision is Decision.ALLOW
+    assert result.facts.agent_key_jkt == key_thumbprint(public_key("agent") or "")
+    unkeyed = decide(intent_from({}), state, POLICY, now=NOW, freshness=FRESHNESS, ready=True)
+    assert unkeyed.facts.agent_key_jkt is None
+
+
+def test_a_denied_signature_says_why() -> None:
+    state = base_world()
+    state.apply(AgentRegistered(agent_id="keyed-bot", owner="sarah", purpose="procurement",
+                                public_key=public_key("agent"), event_time=T0, source="idp"))
+    unsigned = decide(intent_from({"agent_id": "keyed-bot"}), state, POLICY, now=NOW,
+                      freshness=FRESHNESS, ready=True)
+    assert "not signed" in unsigned.detail
+    forged = decide(intent_from({"agent_id": "keyed-bot", "sign_with": "other"}), state,
+                    POLICY, now=NOW, freshness=FRESHNESS, ready=True)
+    assert "does not verify" in forged.detail
+    required = decide(intent_from({}), state, POLICY, now=NOW, freshness=FRESHNESS,
+                      ready=True, require_signed_intents=True)
+    assert "requires signed intents" in required.detail
 
 
 class _ExplodingView:

@@ -66,3 +66,19 @@ def test_registration_is_rebuilt_exactly() -> None:
     assert state.winning_event(lifecycle_key(reg)) == reg
     assert state.winning_event("agent:nobody/registration") is None
     assert state.winning_event("unknown-kind") is None
+
+
+def test_a_registration_with_a_key_is_rebuilt_with_it() -> None:
+    """The written-back winner must keep the key, or a repair would unbind the agent."""
+    state = IdentityState()
+    keyed = AgentRegistered(agent_id="bot", owner="tom", purpose="research",
+                            public_key="11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+                            event_time=T + timedelta(minutes=1), source="idp",
+                            source_event_id="k")
+    older = AgentRegistered(agent_id="bot", owner="tom", purpose="research", event_time=T,
+                            source="idp", source_event_id="o")
+    state.apply(keyed)
+    state.apply(older)
+    assert state.agent("bot").public_key == keyed.public_key  # type: ignore[union-attr]
+    assert state.needs_repair(older) == keyed
+    assert state.holds(keyed)

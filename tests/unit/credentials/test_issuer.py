@@ -279,3 +279,25 @@ def test_scope_hash_refuses_amounts_too_long_to_write_out(amount: str) -> None:
     """'1e999999999' in plain notation is a gigabyte of digits: refused, never formatted."""
     with pytest.raises(ValueError, match="out of range"):
         scope_hash("pay", "r", Decimal(amount), "EUR")
+
+
+# ---- key binding (cnf.jkt, RFC 9449 section 6.1) -----------------------------------------
+JKT = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"  # RFC 8037 A.3
+
+
+def test_a_pass_for_a_keyed_agent_is_bound_to_its_key(issuer: PassIssuer) -> None:
+    _, claims = decode(issuer.issue(make_request(cnf_jkt=JKT)).token)
+    assert claims["cnf"] == {"jkt": JKT}
+    _, bearer = decode(issuer.issue(make_request()).token)
+    assert "cnf" not in bearer  # no key: a bearer pass, exactly as before
+
+
+def test_a_bound_pass_is_reproduced_byte_for_byte(issuer: PassIssuer) -> None:
+    assert issuer.issue(make_request(cnf_jkt=JKT)).token == \
+        issuer.issue(make_request(cnf_jkt=JKT)).token
+
+
+@pytest.mark.parametrize("jkt", ["", "short", JKT + "A", JKT[:-1] + "=", 42])
+def test_a_malformed_thumbprint_is_refused(jkt: Any) -> None:
+    with pytest.raises(CredentialError, match="cnf_jkt"):
+        make_request(cnf_jkt=jkt)

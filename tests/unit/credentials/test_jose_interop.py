@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gatepass.credentials import (
+    DPOP_TYP,
     PASS_TYP,
     KeyStore,
     PassIssuer,
     PassRequest,
     PassVerifier,
+    dpop_proof,
     scope_hash,
 )
 from gatepass.credentials._jose import b64url_decode, b64url_encode, ed25519_thumbprint
@@ -187,3 +191,47 @@ def test_tampered_pass_fails_in_both(
         # The untouched token still verifies on both sides: the failures above are the tamper.
         assert jose_verify(node, token, jwks)["ok"]
         assert our_verifier(jwks).verify(token, **EXECUTED)
+
+
+# ---- DPoP proofs (RFC 9449) ------------------------------------------------------------------
+AGENT_KEY = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
+DPOP_URL = "https://payments.example/pay"
+
+
+def _agent_x() -> str:
+    return b64url_encode(AGENT_KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+@pytest.fixture
+def bound(tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """One of our passes bound to AGENT_KEY (cnf.jkt), and the JWKS that verifies it."""
+    store = KeyStore.open(tmp_path / "keys", now=NOW)
+    issued = PassIssuer(store, issuer=ISSUER, ttl=timedelta(minutes=5)).issue(PassRequest(
+        intent_id="intent-2", agent_id="agent-7", audience=AUDIENCE, owner="alice",
+        delegation_chain=(), policy_version="v3", issued_at=NOW,
+        cnf_jkt=ed25519_thumbprint(b64url_decode(_agent_x())), **EXECUTED))
+    return issued.token, store.jwks(now=NOW)
+
+
+def test_our_dpop_proof_verifies_in_jose(node: str, bound: tuple[str, dict[str, Any]]) -> None:
+    token, _ = bound
+    proof = dpop_proof(AGENT_KEY, token=token, method="POST", url=DPOP_URL, now=T)
+    answer = jose(node, "dpop-verify", {"proof": proof, "now": T + 1})
+    assert answer["ok"], answer
+    assert answer["protectedHeader"]["typ"] == DPOP_TYP
+    # jose's thumbprint of the proof's key is the pass's cnf.jkt
+    assert answer["jkt"] == json.loads(b64url_decode(token.split(".")[1]))["cnf"]["jkt"]
+    assert (answer["payload"]["htm"], answer["payload"]["htu"]) == ("POST", DPOP_URL)
+
+
+def test_a_jose_dpop_proof_is_accepted_by_our_verifier(
+        node: str, bound: tuple[str, dict[str, Any]]) -> None:
+    token, jwks = bound
+    private = {"kty": "OKP", "crv": "Ed25519", "x": _agent_x(),
+               "d": b64url_encode(AGENT_KEY.private_bytes_raw())}
+    proof = jose(node, "dpop-sign", {"jwk": private, "token": token, "htm": "POST",
+                                     "htu": DPOP_URL, "iat": T})["proof"]
+    assert '"d"' not in b64url_decode(proof.split(".")[0]).decode()
+    verified = our_verifier(jwks).verify(token, **EXECUTED, dpop=proof, method="POST",
+                                         url=DPOP_URL)
+    assert verified.key_thumbprint == ed25519_thumbprint(b64url_decode(_agent_x()))
