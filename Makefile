@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint install tools clean bench-smoke
+.PHONY: demo test unit integration lint install tools clean bench bench-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,16 @@ clean:
 .PHONY: faults
 faults: install
 	GATEPASS_FAULT_INTENTS=100000 $(BIN)/python -m pytest -m faults tests/faults -s
+
+# The benchmark (docs/benchmarks.md): starts its own broker, runs Gatepass, a faust echo and a
+# raw Kafka round trip side by side, writes benchmarks/results/latest.{json,png}. About
+# 15 minutes; BENCH_ARGS=--quick for a shorter run (100,000 identities).
+bench: install
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# What CI runs of it (tests/bench/test_bench_smoke.py): tiny counts, figures not judged.
+bench-smoke: install
+	$(BIN)/python -m pytest -m bench tests/bench
 
 # Known vulnerabilities of the installed dependencies, from PyPI's advisory data
 # (docs/security-tests.md). --strict: a dependency that could not be checked fails the run

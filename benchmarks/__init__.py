@@ -1,0 +1,1 @@
+"""The Gatepass benchmark: `make bench` (= `python -m benchmarks.run`); see docs/benchmarks.md."""

@@ -1,0 +1,144 @@
+"""What is measured without a broker: the pass verifier, and the worker's pipeline alone.
+
+Verifier: `PassVerifier.verify` on valid, distinct passes (a fresh verifier with its own
+replay cache per round, so no pass is refused as a replay), single-threaded: verifications
+per second of one core, wall clock and CPU time.
+
+Identity fold: what the worker's identity loader does per lifecycle record (decode, convert,
+`IdentityState.apply`) on principals and agents like the recovery section's, without
+Kafka: the ceiling of loading the identity view on one core.
+
+Pipeline: `Pipeline.on_intent` (decode, look up, decide, sign, encode the verdict and the
+audit record) on the benchmark's intent mix, as the worker calls it but without faust and
+Kafka around it: the ceiling of one worker process if the stream machinery cost nothing.
+It also yields a real ALLOW verdict, the template of the echo baseline's records.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from benchmarks.common import AUDIENCE
+from benchmarks.population import IntentMix, build_population
+from gatepass.codec.avro import schemas
+from gatepass.codec.records import intent_to_record, lifecycle_from_record, lifecycle_to_record
+from gatepass.config import Settings
+from gatepass.core import (
+    AgentRegistered,
+    IdentityState,
+    PrincipalStatus,
+    PrincipalStatusChanged,
+)
+from gatepass.credentials import KeyStore, PassIssuer, PassRequest, PassVerifier, ReplayCache
+from gatepass.credentials._jose import b64url_decode
+from gatepass.transport import partition_for
+from gatepass.worker.pipeline import Pipeline
+from gatepass.worker.policy import load_scope_policy
+
+
+def verifier(home: Path, passes: int, rounds: int = 3) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    store = KeyStore.open(home / "verifier-keys", now=now)
+    issuer = PassIssuer(store, issuer="gatepass", ttl=timedelta(minutes=5))
+    tokens = [issuer.issue(PassRequest(
+        intent_id=str(uuid.uuid4()), agent_id="agent-7", audience=AUDIENCE,
+        action="purchase_order.create", resource="vendor:ACME", amount=Decimal("120.00"),
+        currency="USD", owner="alice", delegation_chain=(), policy_version="bench",
+        issued_at=now)).token for _ in range(passes)]
+    jwks = store.jwks(now=now)
+    walls, cpus = [], []
+    for _ in range(rounds):
+        v = PassVerifier(jwks, audience=AUDIENCE, issuer="gatepass",
+                         replay_cache=ReplayCache(max_entries=passes + 1))
+        w0, c0 = time.perf_counter(), time.process_time()
+        for token in tokens:
+            v.verify(token, action="purchase_order.create", resource="vendor:ACME",
+                     amount=Decimal("120.00"), currency="USD")
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    # The Ed25519 check alone, on the same tokens: the share the rest (parsing, claims,
+    # scope hash, replay cache) adds to it.
+    key = Ed25519PublicKey.from_public_bytes(b64url_decode(jwks["keys"][0]["x"]))
+    signed = [(t.rsplit(".", 1)[0].encode(), b64url_decode(t.rsplit(".", 1)[1]))
+              for t in tokens]
+    c0 = time.process_time()
+    for message, signature in signed:
+        key.verify(signature, message)
+    sig_cpu = time.process_time() - c0
+    return {"passes_per_round": passes, "rounds": rounds, "token_bytes": len(tokens[0]),
+            "per_s_wall": round(passes / wall), "per_s_cpu": round(passes / cpu),
+            "us_per_verify_cpu": round(cpu / passes * 1e6, 1),
+            "us_ed25519_alone_cpu": round(sig_cpu / passes * 1e6, 1),
+            "note": "one thread; per_s_cpu = verifications per CPU-second of one core"}
+
+
+def pipeline_alone(home: Path, intents: int = 4000) -> tuple[dict[str, Any], bytes]:
+    """(figures, an ALLOW verdict's bytes as the worker writes them)."""
+    settings = Settings(home=home / "pipeline", topic_prefix="bench-pipeline.")
+    codec = schemas()
+    store = KeyStore.open(settings.keystore_dir)
+    identity = IdentityState()
+    pop, events = build_population(2000, 0, 0)
+    for event in events:
+        identity.apply(event)
+    pipeline = Pipeline(settings=settings, schemas=codec,
+                        policy=load_scope_policy(None),
+                        issuer=PassIssuer(store, issuer=settings.issuer, ttl=settings.pass_ttl),
+                        identity=identity, ready=lambda: True, worker="bench")
+    mix = IntentMix(pop)
+    encoded = [(i.agent_id.encode(), codec.intent.encode(intent_to_record(i)),
+                partition_for(i.agent_id, settings.partitions))
+               for i in (mix.make(n) for n in range(intents))]
+    memo: dict[str, bytes] = {}
+    template = b""
+    by_kind: dict[str, list[float]] = {"ALLOW": [], "DENY": []}
+    outcomes: Counter[str] = Counter()
+    c0 = time.process_time()
+    for n, (key, value, partition) in enumerate(encoded):
+        t = time.perf_counter()
+        out = pipeline.on_intent(key, value, partition=partition, offset=n, memo=memo)
+        by_kind.setdefault(out.decision, []).append(time.perf_counter() - t)
+        outcomes[f"{out.decision}/{out.reasons[0] if out.reasons else ''}"] += 1
+        if not template and out.decision == "ALLOW":
+            template = out.records[0].value
+    cpu = time.process_time() - c0
+    return ({"intents": intents, "us_per_intent_cpu": round(cpu / intents * 1e6, 1),
+             "ceiling_per_s": round(intents / cpu),
+             "us_per_allow": round(statistics.mean(by_kind["ALLOW"]) * 1e6, 1),
+             "us_per_deny": round(statistics.mean(by_kind["DENY"]) * 1e6, 1),
+             "verdict_bytes_allow": len(template), "outcomes": dict(outcomes),
+             "note": "Pipeline.on_intent without faust/Kafka (partition checks aside, the "
+                     "records are not sent)"},
+            template)
+
+
+def identity_fold_alone(records: int = 50_000) -> dict[str, Any]:
+    codec = schemas().lifecycle
+    at = datetime.now(UTC) - timedelta(hours=1)
+    values = []
+    for i in range(records // 2):
+        values.append(codec.encode(lifecycle_to_record(PrincipalStatusChanged(
+            principal_id=f"fold-p-{i:08d}", status=PrincipalStatus.ACTIVE, event_time=at,
+            source="bulk-import"))))
+        values.append(codec.encode(lifecycle_to_record(AgentRegistered(
+            agent_id=f"fold-a-{i:08d}", owner=f"fold-p-{i:08d}", purpose="procurement",
+            event_time=at, source="bulk-import"))))
+    state = IdentityState()
+    c0 = time.process_time()
+    for value in values:
+        state.apply(lifecycle_from_record(codec.decode(value)))
+    cpu = time.process_time() - c0
+    return {"records": len(values), "us_per_record_cpu": round(cpu / len(values) * 1e6, 1),
+            "records_per_s_cpu": round(len(values) / cpu),
+            "seconds_for_1m_at_this_rate": round(cpu / len(values) * 1_000_000, 1),
+            "note": "decode + lifecycle_from_record + IdentityState.apply, one core, no Kafka"}
