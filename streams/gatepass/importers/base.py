@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -153,3 +153,19 @@ def text(value: Any) -> str | None:
     if isinstance(value, str) and value.strip():
         return value.strip()
     return None
+
+
+def paged_items(payload: Any, *, key: str, export: str, unit: str) -> list[Mapping[str, Any]]:
+    """The objects of an API export: one page `{key: [...]}`, a list of pages, or a plain
+    list of objects; anything else is refused with what was expected."""
+    pages = payload if isinstance(payload, list) else [payload]
+    if pages and all(isinstance(p, Mapping) and key in p for p in pages):
+        items: list[Any] = [item for page in pages for item in (page[key] or [])]
+    elif isinstance(payload, list):
+        items = payload
+    else:
+        raise RecordInvalidError(f"not a {export}: expected {{\"{key}\": [...]}}, a list of "
+                                 f"such pages, or a list of {unit}s")
+    if not all(isinstance(item, Mapping) for item in items):
+        raise RecordInvalidError(f"every {unit} must be a JSON object")
+    return items

@@ -21,13 +21,14 @@ from typing import Any, Literal
 
 from gatepass.core.identity import AgentRegistered, AgentStatusChanged, LifecycleEvent
 from gatepass.core.model import AgentStatus
-from gatepass.errors import ConfigError, RecordInvalidError
+from gatepass.errors import ConfigError
 from gatepass.importers.base import (
     ImportBatch,
     Problems,
     agent_id_problem,
     check_as_of,
     digest,
+    paged_items,
     principal_from_email,
     text,
 )
@@ -64,17 +65,7 @@ class EntraConfig:
 
 def agent_identities(payload: Any) -> list[Mapping[str, Any]]:
     """The agent identity objects of an export (one Graph page, a list of pages, or a list)."""
-    pages = payload if isinstance(payload, list) else [payload]
-    if pages and all(isinstance(p, Mapping) and "value" in p for p in pages):
-        items: list[Any] = [item for page in pages for item in (page["value"] or [])]
-    elif isinstance(payload, list):
-        items = payload
-    else:
-        raise RecordInvalidError("not a Graph export: expected {\"value\": [...]}, a list of "
-                                 "such pages, or a list of agentIdentity objects")
-    if not all(isinstance(item, Mapping) for item in items):
-        raise RecordInvalidError("every agent identity must be a JSON object")
-    return items
+    return paged_items(payload, key="value", export="Graph export", unit="agent identity")
 
 
 def map_entra_agents(payload: Any, config: EntraConfig, *, as_of: datetime) -> ImportBatch:

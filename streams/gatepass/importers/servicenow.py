@@ -28,13 +28,14 @@ from typing import Any
 
 from gatepass.core.identity import AgentRegistered, AgentStatusChanged, LifecycleEvent
 from gatepass.core.model import AgentStatus
-from gatepass.errors import ConfigError, RecordInvalidError
+from gatepass.errors import ConfigError
 from gatepass.importers.base import (
     ImportBatch,
     Problems,
     agent_id_problem,
     check_as_of,
     digest,
+    paged_items,
     principal_from_email,
     text,
     to_millis,
@@ -93,17 +94,7 @@ class ServiceNowConfig:
 
 def configuration_items(payload: Any) -> list[Mapping[str, Any]]:
     """The records of an export (one Table API answer, a list of them, or a list)."""
-    pages = payload if isinstance(payload, list) else [payload]
-    if pages and all(isinstance(p, Mapping) and "result" in p for p in pages):
-        items: list[Any] = [item for page in pages for item in (page["result"] or [])]
-    elif isinstance(payload, list):
-        items = payload
-    else:
-        raise RecordInvalidError("not a Table API export: expected {\"result\": [...]}, a "
-                                 "list of such answers, or a list of records")
-    if not all(isinstance(item, Mapping) for item in items):
-        raise RecordInvalidError("every configuration item must be a JSON object")
-    return items
+    return paged_items(payload, key="result", export="Table API export", unit="configuration item")
 
 
 def map_servicenow_cis(payload: Any, config: ServiceNowConfig, *,
