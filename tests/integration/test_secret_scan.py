@@ -305,10 +305,19 @@ def scan_logs(scanner: Scanner, homes: Path) -> list[Path]:
 
 
 def private_modes(homes: Path) -> list[Finding]:
-    """Every key store and inbox under the homes: folders 0700, files 0600."""
+    """Every key store and inbox a worker ran with under the homes: folders 0700, files 0600.
+
+    Only homes a worker wrote its log into count: unit tests plant key stores with wrong
+    modes on purpose, to show they are refused."""
     bad = []
-    folders = [p for p in homes.rglob("keys") if p.is_dir() and (p / "keys.json").exists()]
-    folders += [p for p in homes.rglob("inbox") if p.is_dir() and p.parent.name == "approvals"]
+
+    def worker_home(home: Path) -> bool:
+        return (home / "logs").is_dir() and any((home / "logs").glob("*.log"))
+
+    folders = [p for p in homes.rglob("keys")
+               if p.is_dir() and (p / "keys.json").exists() and worker_home(p.parent)]
+    folders += [p for p in homes.rglob("inbox")
+                if p.is_dir() and p.parent.name == "approvals" and worker_home(p.parent.parent)]
     for folder in folders:
         for path in [folder, *folder.iterdir()]:
             mode = stat.S_IMODE(os.lstat(path).st_mode)
