@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     GATEPASS_SCHEMAS_DIR=/app/schemas \
+    GATEPASS_POLICY_DIR=/app/policies \
     GATEPASS_HOME=/var/lib/gatepass \
     GATEPASS_WEB_HOST=0.0.0.0
 
@@ -15,6 +16,7 @@ WORKDIR /app
 COPY pyproject.toml ./
 COPY streams/ streams/
 COPY schemas/ schemas/
+COPY policies/ policies/
 RUN pip install . \
     && useradd --create-home --uid 10001 gatepass \
     && mkdir -p /var/lib/gatepass && chown gatepass /var/lib/gatepass

@@ -33,16 +33,19 @@ from gatepass.codec.avro import schemas
 from gatepass.codec.records import intent_to_record, lifecycle_from_record, lifecycle_to_record
 from gatepass.config import Settings
 from gatepass.core import (
+    AgentRecord,
     AgentRegistered,
     IdentityState,
+    Intent,
+    PrincipalRecord,
     PrincipalStatus,
     PrincipalStatusChanged,
 )
 from gatepass.credentials import KeyStore, PassIssuer, PassRequest, PassVerifier, ReplayCache
 from gatepass.credentials._jose import b64url_decode
+from gatepass.policy import load_policy
 from gatepass.transport import partition_for
 from gatepass.worker.pipeline import Pipeline
-from gatepass.worker.policy import load_scope_policy
 
 
 def verifier(home: Path, passes: int, rounds: int = 3) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def pipeline_alone(home: Path, intents: int = 4000) -> tuple[dict[str, Any], byt
     for event in events:
         identity.apply(event)
     pipeline = Pipeline(settings=settings, schemas=codec,
-                        policy=load_scope_policy(None),
+                        policy=load_policy(None),
                         issuer=PassIssuer(store, issuer=settings.issuer, ttl=settings.pass_ttl),
                         identity=identity, ready=lambda: True, worker="bench")
     mix = IntentMix(pop)
@@ -142,3 +145,72 @@ def identity_fold_alone(records: int = 50_000) -> dict[str, Any]:
             "records_per_s_cpu": round(len(values) / cpu),
             "seconds_for_1m_at_this_rate": round(cpu / len(values) * 1_000_000, 1),
             "note": "decode + lifecycle_from_record + IdentityState.apply, one core, no Kafka"}
+
+
+def policy_eval(calls: int = 20_000, agents: int = 2000) -> dict[str, Any]:
+    """Cedar evaluation per decision (CedarPolicy.scope + needs_approval, as `decide` calls
+    them), with the PolicySet parsed once and entity sets prepared once per agent, next to
+    a plain-Python baseline doing the old allow-list's work (dict lookups, a ceiling and a
+    threshold compare) on the same requests. Wall-clock per call, one core."""
+    policy = load_policy(None)
+    now = datetime.now(UTC)
+    owner = PrincipalRecord(principal_id="alice", status=PrincipalStatus.ACTIVE, status_at=now)
+    records = [AgentRecord(agent_id=f"pe-{i:05d}", owner="alice", department="finance",
+                           purpose="procurement", registered_at=now, status_at=now)
+               for i in range(agents)]
+    actions = [("purchase_order.create", Decimal("120.00")), ("vendor.read", None),
+               ("purchase_order.create", Decimal("25000.00")), ("cloud.provision", None)]
+    intents = [Intent(intent_id=str(uuid.uuid4()), agent_id=records[n % agents].agent_id,
+                      action=actions[n % 4][0], resource="vendor:ACME", audience=AUDIENCE,
+                      requested_at=now, amount=actions[n % 4][1],
+                      currency="USD" if actions[n % 4][1] is not None else None)
+               for n in range(calls)]
+
+    def timed(fn: Any) -> list[float]:
+        out = []
+        for n, intent in enumerate(intents):
+            t = time.perf_counter()
+            fn(records[n % agents], intent)
+            out.append(time.perf_counter() - t)
+        return sorted(out)
+
+    def cedar(agent: AgentRecord, intent: Intent) -> None:
+        if policy.scope(agent, owner, intent).allowed:
+            policy.needs_approval(agent, owner, intent)
+
+    allow_list = {"procurement": {"purchase_order.create": (Decimal("100000"), "USD"),
+                                  "vendor.read": None, "invoice.read": None}}
+    thresholds = {("procurement", "purchase_order.create"): Decimal("10000")}
+
+    def baseline(agent: AgentRecord, intent: Intent) -> None:
+        rule = allow_list.get(agent.purpose or "", {}).get(intent.action, False)
+        if rule is False:
+            return
+        if rule is not None and (intent.amount is None or intent.currency != rule[1]
+                                 or intent.amount > rule[0]):
+            return
+        above = thresholds.get((agent.purpose or "", intent.action))
+        _ = above is not None and intent.amount is not None and intent.amount > above
+
+    # First call per agent builds its entity set (cold); the timed run after is warm.
+    first = []
+    policy._entities.clear()
+    for n in range(agents):
+        t = time.perf_counter()
+        cedar(records[n], intents[n])
+        first.append(time.perf_counter() - t)
+    warm = timed(cedar)
+    base = timed(baseline)
+
+    def q(xs: list[float], f: float) -> float:
+        return round(xs[min(len(xs) - 1, int(len(xs) * f))] * 1e6, 1)
+
+    first.sort()
+    return {"calls": calls, "agents": agents, "policy_version": policy.version,
+            "us_median": q(warm, 0.5), "us_p99": q(warm, 0.99), "us_max": q(warm, 1.0),
+            "us_median_first_call_per_agent": q(first, 0.5),
+            "baseline_us_median": q(base, 0.5), "baseline_us_p99": q(base, 0.99),
+            "ratio_median_vs_baseline": round(q(warm, 0.5) / max(q(base, 0.5), 0.1), 1),
+            "note": "scope + needs_approval per request (a mix: 2 of 4 allowed, 1 needs "
+                    "approval, 1 out of scope); entity sets cached per (agent, owner); "
+                    "baseline: the old TOML allow-list's dict lookups and compares"}

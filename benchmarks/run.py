@@ -208,6 +208,12 @@ class Run:
                 50_000 if p.name != "smoke" else 2000)
             self.progress.note(f"{figures['us_per_intent_cpu']} us per intent "
                                f"(ceiling {figures['ceiling_per_s']:,}/s on one core)")
+            self.results["policy_eval"] = inprocess.policy_eval(
+                20_000 if p.name != "smoke" else 500, 2000 if p.name != "smoke" else 50)
+            pe = self.results["policy_eval"]
+            self.progress.note(f"Cedar per decision: median {pe['us_median']} us, p99 "
+                               f"{pe['us_p99']} us (allow-list baseline "
+                               f"{pe['baseline_us_median']} us)")
 
         with self.section("gatepass", f"Gatepass: {p.agents:,} agents, one worker, then two"
                           ) as on:

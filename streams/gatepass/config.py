@@ -39,6 +39,9 @@ DEFAULT_WEB_PORT = 6066
 DEFAULT_READY_WAIT = timedelta(seconds=15)
 DEFAULT_IDENTITY_MAX_AGE = timedelta(seconds=60)
 DEFAULT_APPROVAL_TIMEOUT = timedelta(minutes=5)
+# A pushed policy decides intents appended this long after the push: time for every worker
+# to read it first (a worker that has not is not guessing: it waits, then denies).
+DEFAULT_POLICY_ROLLOUT_DELAY = timedelta(seconds=5)
 MAX_APPROVAL_TIMEOUT = timedelta(hours=1)
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
@@ -99,6 +102,18 @@ class TopicNames:
     def approval_alerts(self) -> str:
         return f"{self.prefix}approval-alerts"
 
+    @property
+    def policies(self) -> str:
+        return f"{self.prefix}policies"
+
+    @property
+    def budget_requests(self) -> str:
+        return f"{self.prefix}budget-requests"
+
+    @property
+    def budget_replies(self) -> str:
+        return f"{self.prefix}budget-replies"
+
 
 class Secret:
     """A configured secret: compared in constant time, never shown by repr, str or pickle.
@@ -157,7 +172,10 @@ class Settings:
     pass_ttl: timedelta = DEFAULT_PASS_TTL
     intent_max_age: timedelta = DEFAULT_INTENT_MAX_AGE
     intent_max_skew: timedelta = DEFAULT_INTENT_MAX_SKEW
-    scope_file: Path | None = None
+    # The Cedar policy bundle a worker starts with (default: the repository's policies/);
+    # a bundle pushed to the policy topic replaces it at its activation time.
+    policy_dir: Path | None = None
+    policy_rollout_delay: timedelta = DEFAULT_POLICY_ROLLOUT_DELAY
     # How long a starting worker holds intents while its identity view loads, before it
     # answers them state_not_ready (a worker joining the group takes partitions at once).
     ready_wait: timedelta = DEFAULT_READY_WAIT
@@ -205,6 +223,8 @@ class Settings:
             raise ConfigError("identity_max_age", "must be between 1 second and 1 hour")
         if not timedelta(seconds=1) <= self.approval_timeout <= MAX_APPROVAL_TIMEOUT:
             raise ConfigError("approval_timeout", "must be between 1 second and 1 hour")
+        if not timedelta(seconds=1) <= self.policy_rollout_delay <= timedelta(hours=1):
+            raise ConfigError("policy_rollout_delay", "must be between 1 second and 1 hour")
         for key in ("approval_url", "approval_webhook_url"):
             url = getattr(self, key)
             if url is not None and not re.match(r"^https?://[^\s/]+", url):
@@ -286,10 +306,10 @@ class Settings:
 
 def _env_keys(name: str) -> list[tuple[str, str]]:
     if name in {"pass_ttl", "intent_max_age", "intent_max_skew", "ready_wait",
-                "approval_timeout", "identity_max_age"}:
+                "approval_timeout", "identity_max_age", "policy_rollout_delay"}:
         return [(f"GATEPASS_{name.upper()}_SECONDS", "seconds")]
     kinds = {"partitions": "int", "replication": "int", "web_port": "int",
-             "home": "path", "scope_file": "path", "approval_webhook_secret": "secret",
+             "home": "path", "policy_dir": "path", "approval_webhook_secret": "secret",
              "require_signed_intents": "bool"}
     return [(f"GATEPASS_{name.upper()}", kinds.get(name, "str"))]
 

@@ -30,6 +30,7 @@ CLI output and HTTP error bodies, so scripts can match on them. Never reuse or r
     │   ├── ProofMissingError       dpop_missing
     │   ├── ProofInvalidError       dpop_invalid
     │   └── ProofReplayedError      dpop_replayed
+    ├── PolicyError                 policy_invalid
     ├── NotificationError           notification_failed
     ├── ConnectorError              connector_error
     │   ├── UnauthenticatedError    unauthenticated
@@ -70,6 +71,7 @@ __all__ = [
     "LifetimeExceededError",
     "NotificationError",
     "PayloadInvalidError",
+    "PolicyError",
     "ProofInvalidError",
     "ProofMissingError",
     "ProofReplayedError",
@@ -103,6 +105,20 @@ class ConfigError(GatepassError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+class PolicyError(GatepassError):
+    """A policy bundle cannot be used; `file` and `line` say where (when known)."""
+
+    code = "policy_invalid"
+
+    def __init__(self, message: str, *, file: str | None = None,
+                 line: int | None = None) -> None:
+        where = file or ""
+        if file and line:
+            where = f"{file}:{line}"
+        super().__init__(f"{where}: {message}" if where else message)
+        self.file, self.line, self.message = file, line, message
 
 
 class DecodeError(GatepassError):

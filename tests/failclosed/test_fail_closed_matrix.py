@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 import time
 import uuid
@@ -41,18 +42,17 @@ from gatepass.core import (
     Intent,
     PrincipalStatus,
     PrincipalStatusChanged,
-    ScopePolicy,
 )
 from gatepass.core.approval import (
     ApprovalDecision,
-    ApprovalRules,
-    Threshold,
     approval_code,
     decision_proof,
 )
-from gatepass.core.scope import ActionRule
+from gatepass.core.policy import CedarPolicy
 from gatepass.credentials import IssuedPass, KeyStore, PassIssuer, PassRequest
-from gatepass.errors import ConfigError, KeyStoreError
+from gatepass.errors import KeyStoreError, PolicyError
+from gatepass.policy import DEFAULT_POLICY_DIR, read_bundle
+from gatepass.policy.book import PolicyBook
 from gatepass.transport import partition_for
 from gatepass.worker.app import Runtime
 from gatepass.worker.delivery import DeliveryGuard
@@ -189,7 +189,8 @@ def world() -> list[Any]:
     return events
 
 
-def make_worker(home: Path, *, loaded: bool = True, **overrides: Any) -> Worker:
+def make_worker(home: Path, *, loaded: bool = True, policy_read: bool = True,
+                **overrides: Any) -> Worker:
     rt = Runtime(Settings(home=home, **overrides))
     clock = Clock(NOW)
     rt.pipeline.clock = clock
@@ -197,6 +198,8 @@ def make_worker(home: Path, *, loaded: bool = True, **overrides: Any) -> Worker:
     worker.apply(*world())
     rt.loader.ready = loaded  # what IdentityLoader.run sets once the view has caught up
     rt.loader.fresh_as_of = time.monotonic() + 3600 if loaded else None  # and keeps fresh
+    if policy_read:  # what PolicyLoader does once it has read the policy topic to its end
+        rt.book.mark_complete(NOW + timedelta(days=1))
     return worker
 
 
@@ -307,47 +310,81 @@ def test_worker_still_loading_state_is_denied_state_not_ready(tmp_path: Path) ->
 
 
 # ---- policy failing to load or erroring ----------------------------------------------------
-BAD_POLICIES = {
-    "missing file": None,
-    "not TOML": "purposes = [",
-    "a typo'd table": '[purpose.procurement."vendor.read"]\n',
-    "no purposes": "[approval]\n",
-    "bad ceiling": '[purposes.procurement."purchase_order.create"]\nmax_amount = "lots"\n',
+# Each edits one file of the shipped bundle (None: the folder is missing).
+BAD_POLICIES: dict[str, tuple[str, str] | None] = {
+    "missing folder": None,
+    "syntax error": ("scope/procurement.cedar", '@id("x") permit (principal, action, resource'),
+    "policy without @id": ("scope/extra.cedar", "permit (principal, action, resource);"),
+    "unknown attribute": ("scope/extra.cedar", '@id("x") permit (principal, action, resource)'
+                                               ' when { principal.salary > 1 };'),
+    "no schema": ("schema.cedarschema", ""),
+    "bad gatepass.toml": ("gatepass.toml", "[approval\n"),
 }
+# Valid against the schema, but overflows on every evaluation: Cedar skips an erroring
+# policy, Gatepass denies policy_error.
+OVERFLOW = ('@id("{id}") {effect} (principal, action, resource) '
+            "when {{ context.delegation_depth + 9223372036854775807 + 1 > 0 }};")
 
 
-def erroring_policy(version: str, *, in_scope_check: bool) -> ScopePolicy:
-    """A policy whose own rule raises when evaluated (a decimal comparison with sNaN)."""
-    broken = Decimal("sNaN")
-    fine = {"purchase_order.create": ActionRule(max_amount=Decimal("100000"), currency="USD")}
-    if in_scope_check:
-        return ScopePolicy(version=version, purposes={"procurement": {
-            "purchase_order.create": ActionRule(max_amount=broken, currency="USD")}})
-    return ScopePolicy(version=version, purposes={"procurement": fine},
-                       approval=ApprovalRules(thresholds={
-                           ("procurement", "purchase_order.create"): Threshold(
-                               above=broken, currency="USD")}))
+def bundle_with(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / "policies"
+    if not folder.exists():
+        shutil.copytree(DEFAULT_POLICY_DIR, folder)
+    if text:
+        (folder / name).write_text(text)
+    else:
+        (folder / name).unlink()
+    return folder
 
 
-@pytest.mark.parametrize("case", [*BAD_POLICIES, "scope rule raises", "approval rule raises"])
+@pytest.mark.parametrize("case", [*BAD_POLICIES, "scope policy errors",
+                                  "forbid errors next to a permit", "approval policy errors",
+                                  "policy code raises"])
 def test_policy_failing_to_load_or_erroring_never_allows(tmp_path: Path, case: str) -> None:
-    """A policy that does not load stops the worker at start (ConfigError on `scope_file`:
-    no worker, no answer, exit 2 from `gatepass worker`); a rule that raises while deciding
-    is DENY internal_error. Also: test_scope.py, decide.toml."""
+    """A bundle that does not load stops the worker at start (PolicyError naming file and
+    line: no worker, no answer, exit 2 from `gatepass worker`); a pushed one that does not
+    load is refused and the last good policy decides (test_policy_rollout.py). A policy that
+    errors while deciding is DENY policy_error, even next to a permit; an exception in the
+    policy code is DENY internal_error. Also: test_policy.py, cases/policy.toml."""
     if case in BAD_POLICIES:
-        scope_file = tmp_path / "scopes.toml"
-        text = BAD_POLICIES[case]
-        if text is not None:
-            scope_file.write_text(text)
-        with pytest.raises(ConfigError) as err:
-            Runtime(Settings(home=tmp_path / "home", scope_file=scope_file))
-        assert err.value.key == "scope_file"
+        edit = BAD_POLICIES[case]
+        folder = tmp_path / "nowhere" if edit is None else bundle_with(tmp_path, *edit)
+        with pytest.raises(PolicyError) as err:
+            Runtime(Settings(home=tmp_path / "home", policy_dir=folder))
+        assert err.value.code == "policy_invalid" and err.value.file
+        if edit is not None and edit[1]:
+            assert err.value.file == edit[0]
         return
     worker = make_worker(tmp_path / "home")
-    worker.rt.pipeline.policy = erroring_policy("scope-broken",
-                                                in_scope_check=case == "scope rule raises")
-    verdict = assert_denied(worker, worker.ask(), "internal_error")
-    assert verdict["reasons"] == ["internal_error"] and "decision failed" in verdict["detail"]
+    if case == "policy code raises":
+        class Raising(CedarPolicy):
+            def check(self, *args: Any, **kwargs: Any) -> Any:
+                raise ArithmeticError("boom")
+        policy: CedarPolicy = Raising.from_files(read_bundle(DEFAULT_POLICY_DIR))
+        reason = "internal_error"
+    else:
+        name, effect = {"scope policy errors": ("scope/overflow.cedar", "permit"),
+                        "forbid errors next to a permit": ("scope/overflow.cedar", "forbid"),
+                        "approval policy errors": ("approval/overflow.cedar", "permit")}[case]
+        folder = bundle_with(tmp_path, name, OVERFLOW.format(id="overflow", effect=effect))
+        policy = CedarPolicy.from_files(read_bundle(folder))
+        reason = "policy_error"
+    worker.rt.pipeline.book = PolicyBook.fixed(policy)
+    verdict = assert_denied(worker, worker.ask(), reason)
+    assert verdict["reasons"][0] == reason
+    assert verdict["policy_version"] == policy.version
+
+
+def test_policy_topic_not_read_yet_is_denied(tmp_path: Path) -> None:
+    """A worker that has not read the policy topic up to an intent's append time cannot know
+    whether a pushed policy is in force for it: DENY state_not_ready (after waiting for the
+    loader, in the app), never a decision by a policy that may already be replaced."""
+    worker = make_worker(tmp_path / "home", policy_read=False)
+    for intent in (worker.intent(), worker.intent(amount=BIG)):
+        verdict = assert_denied(worker, worker.ask(intent), "state_not_ready")
+        assert verdict["reasons"] == ["state_not_ready"]
+        assert "policy" in verdict["detail"]
+    assert worker.pending == {}
 
 
 # ---- signing key unavailable ---------------------------------------------------------------

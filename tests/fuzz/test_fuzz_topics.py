@@ -43,10 +43,10 @@ from gatepass.core import (
 )
 from gatepass.credentials import KeyStore, PassIssuer, PassVerifier
 from gatepass.errors import DecodeError
+from gatepass.policy import load_policy
 from gatepass.transport import partition_for
 from gatepass.worker import IntentOutcome, Outgoing, Pipeline
 from gatepass.worker.identity_loader import IdentityLoader
-from gatepass.worker.policy import load_scope_policy
 
 pytestmark = pytest.mark.fuzz
 
@@ -57,7 +57,7 @@ TOPICS = SETTINGS.topics
 N = SETTINGS.partitions
 TTL = timedelta(minutes=5)
 SCHEMAS = schemas()
-POLICY = load_scope_policy(None)
+POLICY = load_policy(None)
 EXAMPLES = fuzz_examples()
 
 AGENTS = {"procure-bot": "sarah", "helper-bot": "sarah", "retired-bot": "sarah",

@@ -33,7 +33,7 @@ def test_defaults() -> None:
     assert s.pass_ttl == DEFAULT_PASS_TTL == timedelta(minutes=5)
     assert MAX_PASS_TTL == timedelta(hours=1)
     assert (s.intent_max_age, s.intent_max_skew) == (timedelta(minutes=2), timedelta(seconds=30))
-    assert s.scope_file is None
+    assert s.policy_dir is None
     assert s.log_level == "info"
     assert s.require_signed_intents is False  # agents with a registered key must sign anyway
     assert s.keystore_dir == Path(".gatepass/keys")
@@ -82,8 +82,8 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("GATEPASS_PASS_TTL_SECONDS", "0.5", "pass_ttl", timedelta(milliseconds=500)),
     ("GATEPASS_INTENT_MAX_AGE_SECONDS", "600", "intent_max_age", timedelta(minutes=10)),
     ("GATEPASS_INTENT_MAX_SKEW_SECONDS", "0", "intent_max_skew", timedelta(0)),
-    ("GATEPASS_SCOPE_FILE", "/etc/gatepass/scopes.toml", "scope_file",
-     Path("/etc/gatepass/scopes.toml")),
+    ("GATEPASS_POLICY_DIR", "/etc/gatepass/policies", "policy_dir",
+     Path("/etc/gatepass/policies")),
     ("GATEPASS_LOG_LEVEL", "debug", "log_level", "debug"),
     ("GATEPASS_REQUIRE_SIGNED_INTENTS", "true", "require_signed_intents", True),
     ("GATEPASS_REQUIRE_SIGNED_INTENTS", " ON ", "require_signed_intents", True),
@@ -213,7 +213,7 @@ def test_to_env_names_the_documented_keys() -> None:
     assert env["GATEPASS_PARTITIONS"] == "4"
     assert env["GATEPASS_HOME"] == ".gatepass"
     assert env["GATEPASS_PASS_TTL_SECONDS"] == "300.0"
-    assert "GATEPASS_SCOPE_FILE" not in env  # None is not written
+    assert "GATEPASS_POLICY_DIR" not in env  # None is not written
     assert not any(k.startswith("GATEPASS_EXTRA") for k in env)
     assert all(k.startswith("GATEPASS_") and isinstance(v, str) for k, v in env.items())
 
@@ -223,7 +223,7 @@ def test_to_env_round_trips_through_load() -> None:
                  partitions=12, replication=3, home=Path("/var/lib/gatepass"), app_id="gp-eu",
                  web_host="0.0.0.0", web_port=8080, issuer="https://gatepass.example",
                  pass_ttl=timedelta(seconds=90), intent_max_age=timedelta(minutes=10),
-                 intent_max_skew=timedelta(0), scope_file=Path("/etc/gatepass/scopes.toml"),
+                 intent_max_skew=timedelta(0), policy_dir=Path("/etc/gatepass/policies"),
                  log_level="debug", require_signed_intents=True)
     assert Settings.load(env=s.to_env()) == s
 

@@ -52,9 +52,9 @@ from gatepass.logs import (
     make_handler,
     trace_id_from_context,
 )
+from gatepass.policy import load_policy
 from gatepass.transport import partition_for
 from gatepass.worker import Pipeline
-from gatepass.worker.policy import load_scope_policy
 
 NOW = datetime(2026, 3, 2, 9, 30, 15, tzinfo=UTC)
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -546,7 +546,7 @@ def _decided(keystore: KeyStore, *, agent: str, context: dict[str, str]
     identity.apply(AgentRegistered(agent_id="procure-bot", owner="sarah", purpose="procurement",
                                    event_time=NOW - timedelta(days=1), source="okta"))
     settings = Settings()
-    pipeline = Pipeline(settings=settings, schemas=schemas(), policy=load_scope_policy(None),
+    pipeline = Pipeline(settings=settings, schemas=schemas(), policy=load_policy(None),
                         issuer=PassIssuer(keystore, issuer="gatepass", ttl=timedelta(minutes=5)),
                         identity=identity, ready=lambda: True, worker="w:1", clock=lambda: NOW)
     intent = Intent(intent_id=str(uuid.uuid4()), agent_id=agent,

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run the stream processor")
     w.add_argument("--web-port", type=int, help="HTTP port for JWKS and health")
     w.add_argument("--app-id", help="consumer group / application id")
-    w.add_argument("--scope-file", type=Path, help="scope policy TOML")
+    w.add_argument("--policy-dir", type=Path,
+                   help="Cedar policy bundle to start with (env GATEPASS_POLICY_DIR)")
 
     k = sub.add_parser("kafka", help="the local single-node Kafka broker")
     k.add_argument("action", choices=["up", "down", "status"])
@@ -169,6 +170,7 @@ _EXTENSIONS.append(register_connectors)
 from gatepass.cli.approvals import register as register_approvals  # noqa: E402
 
 _EXTENSIONS.append(register_approvals)
+_EXTENSIONS.append(__import__("gatepass.cli.policy", fromlist=["register"]).register)
 
 
 def _settings(ns: argparse.Namespace) -> Settings:
@@ -176,7 +178,7 @@ def _settings(ns: argparse.Namespace) -> Settings:
                          partitions=ns.partitions, home=ns.home,
                          web_port=getattr(ns, "web_port", None),
                          app_id=getattr(ns, "app_id", None),
-                         scope_file=getattr(ns, "scope_file", None))
+                         policy_dir=getattr(ns, "policy_dir", None))
 
 
 def _handler(ns: argparse.Namespace) -> Handler:

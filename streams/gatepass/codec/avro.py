@@ -30,7 +30,8 @@ _HEADER = len(MARKER) + 8
 # Load order: a schema may refer to named types defined by the ones before it.
 _FILES = ("intent", "lifecycle", "verdict", "orphan_alert", "decision_record", "orphan_check",
           "dead_letter", "public_key", "approval_request", "approval_decision",
-          "approval_timeout", "approval_alert")
+          "approval_timeout", "approval_alert", "policy_bundle", "policy_activation",
+          "budget_ledger", "budget_message", "budget_hold")
 
 
 def schema_dir() -> Path:
@@ -130,6 +131,11 @@ class SchemaSet:
     approval_decision: RecordCodec
     approval_timeout: RecordCodec
     approval_alert: RecordCodec
+    policy_bundle: RecordCodec
+    policy_activation: RecordCodec
+    budget_ledger: RecordCodec
+    budget_message: RecordCodec
+    budget_hold: RecordCodec
 
     @classmethod
     def load(cls, folder: Path) -> SchemaSet:

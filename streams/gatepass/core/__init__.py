@@ -1,4 +1,4 @@
-"""The pure decision core: identity state, scope policy, intent signatures and `decide`.
+"""The pure decision core: identity state, Cedar policy, intent signatures and `decide`.
 
 No I/O lives here.
 """
@@ -24,7 +24,7 @@ from gatepass.core.model import (
     PrincipalStatus,
     Reason,
 )
-from gatepass.core.scope import ActionRule, ScopePolicy
+from gatepass.core.policy import CedarPolicy, Evaluation
 from gatepass.core.signing import (
     INTENT_SIGNING_LABEL,
     intent_signature_problem,
@@ -36,14 +36,15 @@ from gatepass.core.signing import (
 
 __all__ = [
     "INTENT_SIGNING_LABEL",
-    "ActionRule",
     "AgentRecord",
     "AgentRegistered",
     "AgentStatus",
     "AgentStatusChanged",
     "Applied",
+    "CedarPolicy",
     "Decision",
     "DecisionResult",
+    "Evaluation",
     "Freshness",
     "IdentityFacts",
     "IdentityState",
@@ -54,7 +55,6 @@ __all__ = [
     "PrincipalStatus",
     "PrincipalStatusChanged",
     "Reason",
-    "ScopePolicy",
     "decide",
     "intent_signature_problem",
     "intent_signing_input",

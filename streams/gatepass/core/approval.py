@@ -3,7 +3,7 @@
 No I/O, no clock, no key store: the worker passes `now`, the identity view and the approval
 key's bytes in. Three questions are answered here and nowhere else:
 
-* `ApprovalRules.why(purpose, intent)` - does this intent need approval, and why?
+* which intents need approval: the bundle's approval/*.cedar (gatepass.core.policy)
 * `judge(...)` - what does one approval decision event do to its pending request?
 * `judge_timeout(...)` - has a pending request run out of time?
 
@@ -26,7 +26,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from gatepass.core.model import (
@@ -38,7 +37,7 @@ from gatepass.core.model import (
     PrincipalStatus,
     Reason,
 )
-from gatepass.errors import ConfigError
+from gatepass.errors import PolicyError
 
 __all__ = [
     "ApprovalDecision",
@@ -53,8 +52,6 @@ __all__ = [
     "proof_valid",
 ]
 
-_ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _CODE_LABEL = b"gatepass-approval-code"
 _PROOF_LABEL = "gatepass-approval-decision"
@@ -66,120 +63,38 @@ class _Identity(Protocol):
                   now: datetime | None = None) -> PrincipalRecord | None: ...
 
 
-# ---- which intents need approval -------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Threshold:
-    above: Decimal
-    currency: str
-
-
+# ---- who may approve ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ApprovalRules:
-    """From the policy file: amount thresholds per purpose and action, action classes that
-    always need approval, and delegates who may approve for an owner."""
+    """Who may approve for an owner: the owner and their delegates (`[approval.delegates]`
+    of the bundle's gatepass.toml). Which intents need approval is Cedar's to say
+    (approval/*.cedar, see gatepass.core.policy)."""
 
-    thresholds: Mapping[tuple[str, str], Threshold] = field(default_factory=dict)
-    classes: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    always: frozenset[str] = frozenset()
     delegates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def why(self, purpose: str | None, intent: Intent) -> tuple[str, ...]:
-        """Every reason this intent needs its owner's approval (empty: it does not)."""
-        reasons: list[str] = []
-        for name in sorted(self.always):
-            if intent.action in self.classes.get(name, frozenset()):
-                reasons.append(f"{intent.action} is in the action class {name!r}, "
-                               "which always needs the owner's approval")
-        rule = self.thresholds.get((purpose or "", intent.action))
-        if rule is not None:
-            if intent.amount is None:
-                reasons.append(f"{intent.action} without an amount (approval above "
-                               f"{rule.above} {rule.currency})")
-            elif intent.currency != rule.currency:
-                reasons.append(f"amount in {intent.currency}: the approval threshold is in "
-                               f"{rule.currency}")
-            elif intent.amount > rule.above:
-                reasons.append(f"amount {intent.amount} {intent.currency} is above the "
-                               f"approval threshold of {rule.above} {rule.currency}")
-        return tuple(reasons)
 
     def approvers(self, owner: str) -> tuple[str, ...]:
         """Who may approve for this owner: the owner first, then their delegates."""
         return (owner, *(d for d in self.delegates.get(owner, ()) if d != owner))
 
-    def canonical(self) -> dict[str, Any]:
-        """A JSON-ready form for the policy version hash."""
-        return {
-            "thresholds": {f"{p}|{a}": [str(t.above), t.currency]
-                           for (p, a), t in sorted(self.thresholds.items())},
-            "classes": {k: sorted(v) for k, v in sorted(self.classes.items())},
-            "always": sorted(self.always),
-            "delegates": {k: list(v) for k, v in sorted(self.delegates.items())},
-        }
-
     @classmethod
-    def from_mapping(cls, doc: Mapping[str, Any], thresholds: Mapping[tuple[str, str], Threshold],
-                     *, source: str) -> ApprovalRules:
-        """The `[approval]` table of the policy file (thresholds come from the action rules)."""
-        where = f"{source}: approval"
-        unknown = set(doc) - {"classes", "always", "delegates"}
+    def from_mapping(cls, doc: Any, *, source: str) -> ApprovalRules:
+        """The `[approval]` table: `delegates."owner@x" = ["delegate@x", ...]`."""
+        if not isinstance(doc, Mapping):
+            raise PolicyError("approval must be a table", file=source)
+        unknown = set(doc) - {"delegates"}
         if unknown:
-            raise ConfigError("scope_file", f"{where}: unknown keys {sorted(unknown)}")
-        classes_doc = doc.get("classes", {})
-        if not isinstance(classes_doc, Mapping):
-            raise ConfigError("scope_file", f"{where}.classes must be a table")
-        classes: dict[str, frozenset[str]] = {}
-        for name, actions in classes_doc.items():
-            if not _NAME_RE.match(name):
-                raise ConfigError("scope_file", f"{where}.classes: bad class name {name!r}")
-            if not isinstance(actions, list) or not all(
-                    isinstance(a, str) and _ACTION_RE.match(a) for a in actions):
-                raise ConfigError("scope_file", f"{where}.classes.{name} must be a list of "
-                                                "actions (noun.verb)")
-            classes[name] = frozenset(actions)
-        always = doc.get("always", [])
-        if not isinstance(always, list) or not all(isinstance(a, str) for a in always):
-            raise ConfigError("scope_file", f"{where}.always must be a list of class names")
-        missing = sorted(set(always) - set(classes))
-        if missing:
-            raise ConfigError("scope_file", f"{where}.always names undefined classes {missing}")
+            raise PolicyError(f"approval: unknown keys {sorted(unknown)}", file=source)
         delegates_doc = doc.get("delegates", {})
         if not isinstance(delegates_doc, Mapping):
-            raise ConfigError("scope_file", f"{where}.delegates must be a table")
+            raise PolicyError("approval.delegates must be a table", file=source)
         delegates: dict[str, tuple[str, ...]] = {}
         for owner, names in delegates_doc.items():
             if not _ID_RE.match(owner) or not isinstance(names, list) or not all(
                     isinstance(n, str) and _ID_RE.match(n) for n in names):
-                raise ConfigError("scope_file", f"{where}.delegates.{owner} must be a list "
-                                                "of principal ids")
+                raise PolicyError(f"approval.delegates.{owner} must be a list of principal "
+                                  "ids", file=source)
             delegates[owner] = tuple(names)
-        return cls(thresholds=dict(thresholds), classes=classes, always=frozenset(always),
-                   delegates=delegates)
-
-
-def policy_amount(raw: Any, where: str, name: str) -> Decimal:
-    """An amount setting of the policy file: a decimal string (never a float), finite, >= 0."""
-    if not isinstance(raw, str):
-        raise ConfigError("scope_file", f"{where}: {name} must be a decimal string")
-    try:
-        value = Decimal(raw)
-    except InvalidOperation as exc:
-        raise ConfigError("scope_file", f"{where}: {name} {raw!r} is not a decimal") from exc
-    if not value.is_finite() or value < 0:
-        raise ConfigError("scope_file", f"{where}: {name} must be a finite amount >= 0")
-    return value
-
-
-def parse_threshold(doc: Mapping[str, Any], where: str) -> Threshold | None:
-    """`approval_above` (with the rule's `currency`) of one action rule, if set."""
-    raw = doc.get("approval_above")
-    if raw is None:
-        return None
-    above = policy_amount(raw, where, "approval_above")
-    currency = doc.get("currency")
-    if not isinstance(currency, str) or not re.match(r"^[A-Z]{3}$", currency):
-        raise ConfigError("scope_file", f"{where}: approval_above needs an ISO 4217 currency")
-    return Threshold(above=above, currency=currency)
+        return cls(delegates=delegates)
 
 
 # ---- the one-time secret ---------------------------------------------------------------------

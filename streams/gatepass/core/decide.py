@@ -24,7 +24,7 @@ from gatepass.core.model import (
     PrincipalStatus,
     Reason,
 )
-from gatepass.core.scope import ScopePolicy
+from gatepass.core.policy import CedarPolicy, Evaluation
 from gatepass.core.signing import intent_signature_problem, usable_key_thumbprint
 
 __all__ = ["Freshness", "IdentityView", "decide", "validate_intent"]
@@ -91,7 +91,7 @@ def validate_intent(intent: Intent) -> list[str]:
     return problems
 
 
-def decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now: datetime,
+def decide(intent: Intent, identity: IdentityView, policy: CedarPolicy, *, now: datetime,
            freshness: Freshness, ready: bool,
            require_signed_intents: bool = False) -> DecisionResult:
     """ALLOW only when every check passes; any error is a DENY `internal_error`.
@@ -111,12 +111,12 @@ def decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now: 
 
 
 def _deny(version: str, reasons: tuple[Reason, ...], facts: IdentityFacts, detail: str,
-          orphaned: bool = False) -> DecisionResult:
+          orphaned: bool = False, policy_ids: tuple[str, ...] = ()) -> DecisionResult:
     return DecisionResult(decision=Decision.DENY, reasons=reasons, policy_version=version,
-                          facts=facts, detail=detail, orphaned=orphaned)
+                          facts=facts, detail=detail, orphaned=orphaned, policy_ids=policy_ids)
 
 
-def _decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now: datetime,
+def _decide(intent: Intent, identity: IdentityView, policy: CedarPolicy, *, now: datetime,
             freshness: Freshness, ready: bool, require_signed: bool) -> DecisionResult:
     version = policy.version
     problems = validate_intent(intent)
@@ -164,24 +164,43 @@ def _decide(intent: Intent, identity: IdentityView, policy: ScopePolicy, *, now:
     if chain_problem:
         reasons.append(Reason.DELEGATION_DENIED)
         details.append(chain_problem)
-    scope_problem = policy.check(agent.purpose, intent.action, intent.amount, intent.currency)
-    if scope_problem:
+    scope, approval = policy.check(agent, owner, intent)
+    if scope.failed:
+        # Cedar skips an erroring policy; we do not: an error may have hidden a forbid.
+        return _deny(version, (Reason.POLICY_ERROR, *reasons), facts,
+                     "; ".join([_errors(scope), *details]), orphaned=orphaned,
+                     policy_ids=scope.policy_ids)
+    if not scope.allowed:
         reasons.append(Reason.OUT_OF_SCOPE)
-        details.append(scope_problem)
+        details.append(_out_of_scope(intent, agent, scope))
     if reasons:
-        return _deny(version, tuple(reasons), facts, "; ".join(details), orphaned=orphaned)
-    why = policy.approval.why(agent.purpose, intent)
-    if why:
+        # A DENY names only the policies that denied: the forbids, when Cedar said no.
+        return _deny(version, tuple(reasons), facts, "; ".join(details), orphaned=orphaned,
+                     policy_ids=() if scope.allowed else scope.policy_ids)
+    if approval.allowed:
         # Everything else allows it; the owner decides. No pass until they approve.
+        why = policy.why(approval.policy_ids, intent)
         return DecisionResult(decision=Decision.PENDING, reasons=(Reason.PENDING_APPROVAL,),
                               policy_version=version, facts=facts, detail="; ".join(why),
-                              approval_why=why)
+                              approval_why=why,
+                              policy_ids=scope.policy_ids + approval.policy_ids)
     return DecisionResult(decision=Decision.ALLOW, reasons=(Reason.ALLOWED,),
                           policy_version=version, facts=facts,
-                          detail=f"{intent.action} allowed for purpose {agent.purpose!r}")
+                          detail=f"{intent.action} allowed by " + ", ".join(scope.policy_ids),
+                          policy_ids=scope.policy_ids)
 
 
-def _check_chain(intent: Intent, identity: IdentityView, policy: ScopePolicy,
+def _errors(evaluation: Evaluation) -> str:
+    return "policy evaluation failed: " + "; ".join(evaluation.errors)
+
+
+def _out_of_scope(intent: Intent, agent: AgentRecord, scope: Evaluation) -> str:
+    if scope.policy_ids:
+        return f"{intent.action} forbidden by " + ", ".join(scope.policy_ids)
+    return f"no policy permits {intent.action} for purpose {agent.purpose!r}"
+
+
+def _check_chain(intent: Intent, identity: IdentityView, policy: CedarPolicy,
                  now: datetime) -> str | None:
     """Every delegating agent must pass the same checks: no escalation through delegation."""
     for delegator in intent.delegation_chain:
@@ -193,6 +212,7 @@ def _check_chain(intent: Intent, identity: IdentityView, policy: ScopePolicy,
         owner = identity.principal(agent.owner, now) if agent.owner else None
         if owner is None or owner.status is not PrincipalStatus.ACTIVE:
             return f"owner of delegating agent {delegator!r} is inactive or unknown"
-        if policy.check(agent.purpose, intent.action, intent.amount, intent.currency):
+        scope = policy.scope(agent, owner, intent)
+        if scope.failed or not scope.allowed:
             return f"action is outside the scope of delegating agent {delegator!r}"
     return None

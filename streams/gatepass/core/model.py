@@ -44,6 +44,10 @@ class Reason(StrEnum):
     OUT_OF_SCOPE = "out_of_scope"
     STATE_NOT_READY = "state_not_ready"
     INTERNAL_ERROR = "internal_error"
+    # A Cedar policy failed to evaluate (an error never allows, even next to a permit).
+    POLICY_ERROR = "policy_error"
+    # A stateful limit (gatepass.toml [[limits]]) would be exceeded; the detail names it.
+    LIMIT_EXCEEDED = "limit_exceeded"
     # The agent has a registered key (or signatures are mandatory) and the intent's
     # signature is missing or does not verify: nobody proved the agent asked.
     INTENT_SIGNATURE_INVALID = "intent_signature_invalid"
@@ -153,6 +157,9 @@ class DecisionResult:
     orphaned: bool = False
     # PENDING only: why the owner must approve (one human sentence per rule that applied).
     approval_why: tuple[str, ...] = ()
+    # The @ids of the Cedar policies that decided: the permits of an ALLOW (and the approval
+    # policies of a PENDING), the forbids of an out_of_scope DENY (none: no permit applied).
+    policy_ids: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:

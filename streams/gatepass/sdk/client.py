@@ -81,6 +81,8 @@ class Verdict:
     credential_id: str | None = None
     expires_at: datetime | None = None
     policy_version: str = ""
+    # The @ids of the Cedar policies that decided (empty for a DENY no permit applied to).
+    policy_ids: tuple[str, ...] = ()
     decided_at: datetime | None = None
     facts: Mapping[str, Any] = field(default_factory=dict, repr=False)
     latency_ms: float | None = None
@@ -106,7 +108,8 @@ class Verdict:
                    decision=rec["decision"], reasons=tuple(rec["reasons"]),
                    detail=rec.get("detail", ""), credential=rec.get("credential"),
                    credential_id=rec.get("credential_id"), expires_at=rec.get("expires_at"),
-                   policy_version=rec["policy_version"], decided_at=rec["decided_at"],
+                   policy_version=rec["policy_version"],
+                   policy_ids=tuple(rec.get("policy_ids") or ()), decided_at=rec["decided_at"],
                    facts=rec.get("facts") or {}, latency_ms=latency_ms,
                    approval=rec.get("approval"))
 

@@ -12,7 +12,14 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from gatepass.config import Settings
 from gatepass.errors import BrokerError, ConfigError
@@ -20,6 +27,8 @@ from gatepass.errors import BrokerError, ConfigError
 __all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
 
 _DAY_MS = 24 * 3600 * 1000
+# Configs that decisions depend on: set on topics that exist without them (older layouts).
+_ENFORCED = ("message.timestamp.type",)
 # librdkafka's own log lines go through Python logging (JSON, redacted), not raw to stderr.
 KAFKA_LOG = logging.getLogger("gatepass.kafka")
 
@@ -37,7 +46,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     compact = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
                "segment.ms": str(_DAY_MS)}
     return [
-        TopicSpec(t.intents, n, {"retention.ms": str(7 * _DAY_MS)}, True),
+        # LogAppendTime: an intent's timestamp is the broker's, the point in the stream at
+        # which a pushed policy takes over (the same on every worker, for every redelivery).
+        TopicSpec(t.intents, n, {"retention.ms": str(7 * _DAY_MS),
+                                 "message.timestamp.type": "LogAppendTime"}, True),
         TopicSpec(t.verdicts, n, {"retention.ms": str(_DAY_MS)}, True),
         TopicSpec(t.orphan_checks, n, {"retention.ms": str(_DAY_MS)}, True),
         TopicSpec(t.audit, n, {"retention.ms": str(90 * _DAY_MS)}, True),
@@ -46,6 +58,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.identity, n, compact, False),
         TopicSpec(t.dead_letter, 1, {"retention.ms": str(14 * _DAY_MS)}, False),
         TopicSpec(t.keys, 1, compact, False),
+        # Every pushed policy bundle and activation (gatepass.policy.topic); one partition,
+        # so workers read activations in the order they were pushed.
+        TopicSpec(t.policies, 1, compact, False),
+        # Owner and department limits (gatepass.core.limits): reservations in the budget
+        # key's partition, answers in the agent's partition.
+        TopicSpec(t.budget_requests, n, {"retention.ms": str(_DAY_MS)}, True),
+        TopicSpec(t.budget_replies, n, {"retention.ms": str(_DAY_MS)}, True),
         # Approvals: requests and decisions live in the agent's partition, like its intents.
         TopicSpec(t.approvals, n, {"retention.ms": str(7 * _DAY_MS)}, True),
         TopicSpec(t.approval_decisions, n, {"retention.ms": str(7 * _DAY_MS)}, True),
@@ -76,6 +95,7 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0,
             raise ConfigError("partitions", (
                 f"topic {spec.name} has {len(meta.partitions)} partitions but "
                 f"{spec.partitions} are configured; co-partitioned topics must match"))
+    _enforce_configs(admin, [s for s in specs if s.name in existing], timeout)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         _wait_for_leaders(admin, [s.name for s in specs], timeout)
@@ -94,6 +114,27 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0,
             raise BrokerError(f"cannot create topic {name}: {exc}") from exc
     _wait_for_leaders(admin, [s.name for s in missing], timeout)
     return created
+
+
+def _enforce_configs(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:
+    for spec in specs:
+        wanted = {k: spec.config[k] for k in _ENFORCED if k in spec.config}
+        if not wanted:
+            continue
+        resource = ConfigResource(ResourceType.TOPIC, spec.name)
+        try:
+            current = admin.describe_configs([resource])[resource].result(timeout=timeout)
+            if all(current.get(k) is not None and current[k].value == v
+                   for k, v in wanted.items()):
+                continue
+            change = ConfigResource(ResourceType.TOPIC, spec.name, incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in wanted.items()])
+            admin.incremental_alter_configs([change])[change].result(timeout=timeout)
+            KAFKA_LOG.warning("topic %s: set %s", spec.name, wanted)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot set {sorted(wanted)} on topic {spec.name}: {exc}") \
+                from exc
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:

@@ -38,11 +38,13 @@ from gatepass.approvals.page import install_approval_pages
 from gatepass.approvals.webhook import WebhookNotifier
 from gatepass.codec.avro import SchemaSet, schemas
 from gatepass.config import Settings
-from gatepass.core import IdentityState, ScopePolicy
+from gatepass.core import CedarPolicy, IdentityState
 from gatepass.core.approval import approvable
 from gatepass.credentials import KeyStore, PassIssuer
 from gatepass.errors import BrokerError
 from gatepass.logs import decision_log_fields
+from gatepass.policy import load_policy
+from gatepass.policy.book import PolicyBook
 from gatepass.worker.delivery import DeliveryGuard
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
@@ -50,12 +52,14 @@ from gatepass.worker.lifecycle_fanout import LifecycleFanout
 from gatepass.worker.memo import ApprovalTimer, ExpiryIndex, OffsetTracker
 from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
 from gatepass.worker.pipeline import Outgoing, Pipeline
-from gatepass.worker.policy import load_scope_policy
+from gatepass.worker.policy_loader import PolicyLoader
 from gatepass.worker.readback import Overlay, Recovered, read_back, read_range
 
 __all__ = ["STALL_AFTER_SECONDS", "Runtime", "create_app"]
 
 STALL_AFTER_SECONDS = 30.0  # lag without a single decision this long: /healthz says stalled
+POLICY_WAIT_SECONDS = 5.0  # an intent waits this long for the policy topic, then is denied
+BUDGET_WAIT_SECONDS = 30.0  # a held intent waits this long for its budgets, then is denied
 
 log = logging.getLogger("gatepass.worker")
 
@@ -89,14 +93,17 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.schemas: SchemaSet = schemas()
-        self.policy: ScopePolicy = load_scope_policy(settings.scope_file)
+        # The local bundle decides until a pushed one takes over (gatepass policy push).
+        self.book = PolicyBook(load_policy(settings.policy_dir),
+                               rollout_delay=settings.policy_rollout_delay)
+        self.policy_loader = PolicyLoader(settings, self.schemas, self.book)
         self.keystore = KeyStore.open(settings.keystore_dir)
         self._approval_key = self.keystore.approval_key()
         self.issuer = PassIssuer(self.keystore, issuer=settings.issuer, ttl=settings.pass_ttl)
         self.identity = IdentityState()
         self.loader = IdentityLoader(settings, self.schemas, self.identity)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.pipeline = Pipeline(settings=settings, schemas=self.schemas, policy=self.policy,
+        self.pipeline = Pipeline(settings=settings, schemas=self.schemas, policy=self.book,
                                  issuer=self.issuer, identity=self.identity,
                                  ready=self.identity_ready, worker=self.name,
                                  approval_key=self.approval_key)
@@ -105,6 +112,11 @@ class Runtime:
 
     def approval_key(self) -> bytes:
         return self._approval_key
+
+    @property
+    def policy(self) -> CedarPolicy:
+        """The policy deciding now, as far as this worker has read the policy topic."""
+        return self.book.current(datetime.now(UTC))
 
     def identity_ready(self) -> bool:
         """Loaded and not older than the allowed maximum: only then is anything decided."""
@@ -251,6 +263,36 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                         key_type=bytes, value_type=bytes, on_changelog_event=index_pending)
     pending_view = _BytesKeyed(pending)
 
+    # Stateful limits (gatepass.core.limits): budget key -> BudgetLedger, written only in the
+    # key's partition (agent keys by the intents agent, owner/department keys by the budget
+    # agent); intent id -> BudgetHold while its owner/department budgets answer.
+    ledgers = app.Table("budget-ledgers", default=None, partitions=settings.partitions,
+                        key_type=bytes, value_type=bytes)
+    ledgers_view = _BytesKeyed(ledgers)
+    held = ApprovalTimer()
+
+    async def index_holds(event: Any) -> None:
+        msg = event.message
+        if msg.value is None:
+            held.discard(msg.key)
+            return
+        try:
+            hold = rt.schemas.budget_hold.decode(msg.value)
+            agent_id = rt.schemas.decision_record.decode(hold["record"])["intent"]["agent_id"]
+        except Exception:
+            log.error("unreadable budget hold in the changelog, partition %d", msg.partition)
+            return
+        held.add(msg.key, hold["held_at"].timestamp() + BUDGET_WAIT_SECONDS, agent_id,
+                 msg.partition)
+
+    holds = app.Table("budget-holds", default=None, partitions=settings.partitions,
+                      key_type=bytes, value_type=bytes, on_changelog_event=index_holds)
+    holds_view = _BytesKeyed(holds)
+
+    def write_ledgers(updates: Mapping[str, bytes]) -> None:
+        for budget, value in updates.items():
+            ledgers[budget.encode()] = value
+
     metrics = rt.metrics
 
     async def send(records: list[Outgoing], source: str = "") -> None:
@@ -299,9 +341,22 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     offsets = OffsetTracker()
 
     async def answer_intent(key: bytes | None, value: bytes | None, partition: int,
-                            offset: int) -> None:
+                            offset: int, timestamp: float | None) -> None:
+        # The broker's append time picks the policy (the intents topic is LogAppendTime).
+        appended_at = datetime.fromtimestamp(timestamp, UTC) if timestamp else None
+        if appended_at is not None and not rt.book.knows(appended_at):
+            # A push for this moment may be on its way: wait for the policy topic, then the
+            # pipeline denies state_not_ready if it still cannot tell.
+            await rt.policy_loader.wait_until_known(appended_at, POLICY_WAIT_SECONDS)
         out = rt.pipeline.on_intent(key, value, partition=partition, offset=offset,
-                                    memo=decided_in(partition))
+                                    memo=decided_in(partition), appended_at=appended_at,
+                                    ledgers=ledgers_view, holds=holds_view)
+        write_ledgers(out.ledgers)
+        if out.hold is not None:
+            hold_key = out.hold[0].encode()
+            holds[hold_key] = out.hold[1]
+            held.add(hold_key, time.time() + BUDGET_WAIT_SECONDS, (key or b"").decode(),
+                     partition)
         if out.remember is not None:
             memo_key = out.remember[0].encode()
             decided[memo_key] = out.remember[1]
@@ -318,7 +373,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             log.info("decision", extra=decision_log_fields(out.record))
         if out.duplicate:
             metrics.redelivered.inc()
-        elif out.intent_id is not None:
+        elif out.intent_id is not None and out.hold is None:
             metrics.observe_decision(out.decision, out.reasons, out.requested_at, out.issued)
 
     async def answer_skipped(partition: int, start: int, end: int) -> None:
@@ -337,8 +392,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                             type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        for offset, key, value in records:
-            await answer_intent(key, value, partition, offset)
+        for offset, key, value, timestamp in records:
+            await answer_intent(key, value, partition, offset, timestamp)
         metrics.skipped_recovered.inc(len(records))
 
     @app.agent(intents)
@@ -354,7 +409,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             skipped = offsets.missing(msg.partition, msg.offset)
             if skipped is not None:
                 await answer_skipped(msg.partition, *skipped)
-            await answer_intent(msg.key, msg.value, msg.partition, msg.offset)
+            await answer_intent(msg.key, msg.value, msg.partition, msg.offset, msg.timestamp)
             offsets.done(msg.partition, msg.offset)
 
     @app.agent(approval_decisions)
@@ -365,8 +420,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             await gate(msg.partition)
             out = rt.pipeline.on_approval(msg.key, msg.value, partition=msg.partition,
                                           offset=msg.offset, pending=pending_view,
-                                          decided=decided_in(msg.partition))
-            # Both state changes before any await: no other event can see one without the other.
+                                          decided=decided_in(msg.partition),
+                                          ledgers=ledgers_view)
+            # Every state change before any await: no other event can see one without another.
+            write_ledgers(out.ledgers)
             if out.remember is not None:
                 key = out.remember[0].encode()
                 decided[key] = out.remember[1]
@@ -385,6 +442,59 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                                          out.final == "ALLOW")
             if out.alert is not None:
                 metrics.approval_alerts.labels(reason=out.alert).inc()
+
+    budget_requests, budget_replies = raw_topic(t.budget_requests), raw_topic(t.budget_replies)
+
+    @app.agent(budget_requests)
+    async def settle_budgets(stream: Any) -> None:
+        """Owner and department budgets: reservations applied in order in the key's partition."""
+        async for event in stream.events():
+            msg = event.message
+            out = rt.pipeline.on_budget(msg.key, msg.value, partition=msg.partition,
+                                        offset=msg.offset, ledgers=ledgers_view)
+            write_ledgers(out.ledgers)
+            if out.refused is not None:
+                metrics.limits_refused.labels(scope=(msg.key or b"").decode().split(":")[0]
+                                              ).inc()
+            await send(out.records, t.budget_requests)
+
+    @app.agent(budget_replies)
+    async def finish_budgets(stream: Any) -> None:
+        """A held intent's budgets answered (or the timer gave up): its one verdict now."""
+        async for event in stream.events():
+            msg = event.message
+            await gate(msg.partition)
+            out = rt.pipeline.on_budget_reply(msg.key, msg.value, partition=msg.partition,
+                                              offset=msg.offset, holds=holds_view,
+                                              decided=decided_in(msg.partition),
+                                              ledgers=ledgers_view)
+            write_ledgers(out.ledgers)
+            if out.remember is not None:
+                memo_key = out.remember[0].encode()
+                decided[memo_key] = out.remember[1]
+                expiry.add(msg.partition, memo_key, time.time())
+            if out.pending is not None and out.expires_at is not None:
+                memo_key = out.pending[0].encode()
+                pending[memo_key] = out.pending[1]
+                due.add(memo_key, out.expires_at.timestamp(), (msg.key or b"").decode(),
+                        msg.partition)
+            if out.unhold is not None:
+                hold_key = out.unhold.encode()
+                if hold_key in holds:
+                    del holds[hold_key]
+                held.discard(hold_key)
+            await send(out.records, t.budget_replies)
+            if out.record is not None:
+                log.info("decision", extra=decision_log_fields(out.record))
+            if out.intent_id is not None and not out.duplicate and out.decision:
+                metrics.observe_decision(out.decision, out.reasons, out.requested_at,
+                                         out.issued)
+
+    @app.timer(interval=1.0)
+    async def expire_holds() -> None:
+        """A hold whose budgets did not answer in time is denied (and its spend released)."""
+        for key, agent_id, partition, _ in held.take_due(time.time()):
+            await send_one(rt.pipeline.budget_timeout(key.decode(), agent_id, partition))
 
     @app.timer(interval=1.0)
     async def expire_approvals() -> None:
@@ -435,6 +545,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 expiry.forget_partition(tp.partition)
             if tp.topic == t.approval_decisions:
                 due.forget_partition(tp.partition)
+            if tp.topic == t.budget_replies:
+                held.forget_partition(tp.partition)
             if tp.topic == t.intents:
                 gates.pop(tp.partition, None)  # read back again if it comes back
                 recovered.forget(tp.partition)
@@ -443,6 +555,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.task
     async def load_identity() -> None:
         await rt.loader.run()
+
+    @app.task
+    async def follow_policy() -> None:
+        await rt.policy_loader.run()
 
     async def flush() -> None:
         await app.producer.flush()
@@ -491,6 +607,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         metrics.identity_ready.set(1 if rt.loader.ready else 0)
         metrics.remembered.set(len(expiry))
         metrics.approvals_pending.set(len(due))
+        metrics.budget_holds.set(len(held))
         metrics.key_age.set((datetime.now(UTC) - rt.keystore.active_since).total_seconds())
         metrics.lag.clear()
         for partition, lag in (await intent_lag()).items():
@@ -514,7 +631,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         body = {"ready": ready, "identity_loaded": rt.loader.ready, "identity_fresh": fresh,
                 "keys_published": rt.keys_published,
                 "assigned_partitions": assigned, "identities": len(rt.identity),
-                "policy_version": rt.policy.version, "remembered_intents": len(expiry)}
+                "policy_version": rt.policy.version,
+                "policy_known": rt.book.knows(datetime.now(UTC)),
+                "policy_refused": sorted(rt.book.refused),
+                "remembered_intents": len(expiry)}
         return web.json(body, status=200 if ready else 503)
 
     install_approval_pages(app, settings, rt.approval_key)

@@ -73,6 +73,12 @@ class WorkerMetrics:
         self.skipped_recovered = Counter(
             "gatepass_skipped_intents_recovered", "Intents the consumer skipped that the "
             "worker read and answered itself.", registry=r)
+        self.limits_refused = Counter(
+            "gatepass_limit_reservations_refused", "Owner and department budget reservations "
+            "refused (limit_exceeded), by budget scope.", ["scope"], registry=r)
+        self.budget_holds = Gauge(
+            "gatepass_budget_holds", "Intents waiting for their owner/department budgets on "
+            "this worker.", registry=r)
         self.last_progress = time.monotonic()
 
     def observe_decision(self, decision: str, reasons: tuple[str, ...],

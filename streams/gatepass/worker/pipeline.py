@@ -12,11 +12,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from gatepass.codec.avro import SchemaSet
 from gatepass.codec.records import (
+    _normalize,
     approval_decision_from_record,
+    facts_from_record,
     facts_to_record,
     intent_from_record,
     intent_to_record,
@@ -29,6 +32,7 @@ from gatepass.config import Settings
 from gatepass.core import (
     AgentRegistered,
     AgentStatus,
+    CedarPolicy,
     Decision,
     DecisionResult,
     Freshness,
@@ -38,7 +42,6 @@ from gatepass.core import (
     PrincipalStatus,
     PrincipalStatusChanged,
     Reason,
-    ScopePolicy,
     decide,
     usable_key_thumbprint,
 )
@@ -50,11 +53,14 @@ from gatepass.core.approval import (
     judge,
     judge_timeout,
 )
+from gatepass.core.limits import Entry, Ledger, budget_keys
 from gatepass.credentials import IssuedPass, PassApproval, PassIssuer, PassRequest
 from gatepass.errors import DecodeError, GatepassError
+from gatepass.policy.book import PolicyBook
 from gatepass.transport import partition_for
 
-__all__ = ["ApprovalOutcome", "IntentOutcome", "Outgoing", "Pipeline", "request_id_for"]
+__all__ = ["ApprovalOutcome", "BudgetOutcome", "IntentOutcome", "Outgoing", "Pipeline",
+           "request_id_for"]
 
 log = logging.getLogger("gatepass.worker")
 _ALERT_NS = uuid.UUID("6f1d7c52-1b3e-4f59-9a0e-4c3f4a5e8d21")
@@ -90,6 +96,11 @@ class IntentOutcome:
     record: dict[str, Any] | None = None  # the DecisionRecord of a new decision (no token)
     pending: tuple[str, bytes] | None = None  # (intent id, ApprovalRequest) to keep waiting
     expires_at: datetime | None = None  # of that request
+    # Stateful limits: budget ledgers to write (key -> BudgetLedger), an intent put on hold
+    # for its owner/department budgets (intent id, BudgetHold), a hold that ends now.
+    ledgers: dict[str, bytes] = field(default_factory=dict)
+    hold: tuple[str, bytes] | None = None
+    unhold: str | None = None
 
 
 @dataclass(slots=True)
@@ -104,6 +115,21 @@ class ApprovalOutcome:
     alert: str | None = None  # reason code of an alert raised
     record: dict[str, Any] | None = None  # the final DecisionRecord (no token)
     intent_id: str | None = None
+    ledgers: dict[str, bytes] = field(default_factory=dict)  # released reservations
+
+
+@dataclass(slots=True)
+class BudgetOutcome:
+    """What one budget-requests record does: ledger writes and the messages it sends."""
+
+    records: list[Outgoing] = field(default_factory=list)
+    ledgers: dict[str, bytes] = field(default_factory=dict)
+    refused: str | None = None  # the detail, when a reservation was refused here
+
+
+def _plain(amount: Decimal) -> Decimal:
+    """A decoded decimal(18,4) without its padding (120.0000 -> 120.00)."""
+    return _normalize(amount)
 
 
 def _now_ms(clock: Callable[[], datetime]) -> datetime:
@@ -114,14 +140,16 @@ def _now_ms(clock: Callable[[], datetime]) -> datetime:
 
 
 class Pipeline:
-    def __init__(self, *, settings: Settings, schemas: SchemaSet, policy: ScopePolicy,
+    def __init__(self, *, settings: Settings, schemas: SchemaSet,
+                 policy: CedarPolicy | PolicyBook,
                  issuer: PassIssuer, identity: IdentityState, ready: Callable[[], bool],
                  worker: str = "", clock: Callable[[], datetime] | None = None,
                  approval_key: Callable[[], bytes] | None = None) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.schemas = schemas
-        self.policy = policy
+        # Which policy decides an intent: the one in force at its append time (hot reload).
+        self.book = policy if isinstance(policy, PolicyBook) else PolicyBook.fixed(policy)
         self.issuer = issuer
         self.identity = identity
         self.ready = ready
@@ -131,9 +159,19 @@ class Pipeline:
                                    max_skew=settings.intent_max_skew)
         self._approval_key = approval_key
 
+    @property
+    def policy(self) -> CedarPolicy:
+        """The policy deciding now, as far as this worker has read."""
+        return self.book.current(self.clock())
+
     # ---- intents -------------------------------------------------------------------------
     def on_intent(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
-                  memo: Mapping[str, bytes]) -> IntentOutcome:
+                  memo: Mapping[str, bytes],
+                  appended_at: datetime | None = None,
+                  ledgers: Mapping[str, bytes] | None = None,
+                  holds: Mapping[str, bytes] | None = None) -> IntentOutcome:
+        """`appended_at`: the intent record's broker append time, which picks the policy
+        (see gatepass.policy.book); None: the decision time."""
         now = _now_ms(self.clock)
         try:
             intent = intent_from_record(self.schemas.intent.decode(value))
@@ -144,8 +182,12 @@ class Pipeline:
         remembered = memo.get(intent.intent_id)
         if remembered is not None:
             return self._replay(remembered, partition, out)
+        if holds is not None and holds.get(intent.intent_id) is not None:
+            out.duplicate = True  # waiting for its budgets: the reply answers it, once
+            return out
         try:
-            return self._decide(intent, key, partition, now, out)
+            return self._decide(intent, key, partition, now, out, appended_at or now,
+                                ledgers if ledgers is not None else {})
         except Exception as exc:  # nothing a record holds may stop the agent
             log.error("intent %s could not be answered: %s", intent.intent_id,
                       type(exc).__name__)
@@ -153,28 +195,47 @@ class Pipeline:
                 self.topics.intents, partition, offset, key, value, exc, now)])
 
     def _decide(self, intent: Intent, key: bytes | None, partition: int, now: datetime,
-                out: IntentOutcome) -> IntentOutcome:
-
-        result = decide(intent, self.identity, self.policy, now=now, freshness=self.freshness,
-                        ready=self.ready(),
-                        require_signed_intents=self.settings.require_signed_intents)
+                out: IntentOutcome, appended_at: datetime,
+                ledgers: Mapping[str, bytes]) -> IntentOutcome:
+        policy = self.book.for_time(appended_at)
+        if policy is None:
+            # A policy pushed for this moment may exist that this worker has not read.
+            result = DecisionResult(
+                decision=Decision.DENY, reasons=(Reason.STATE_NOT_READY,),
+                policy_version=self.book.current(now).version,
+                facts=IdentityFacts(state_ready=self.ready()),
+                detail="the policy in force for this intent is not loaded yet")
+            policy = self.book.current(now)
+        else:
+            result = decide(intent, self.identity, policy, now=now, freshness=self.freshness,
+                            ready=self.ready(),
+                            require_signed_intents=self.settings.require_signed_intents)
         misplaced = self._misplaced(intent, key, partition)
         if misplaced:
             # Per-agent state (remembered verdicts, alerts) lives in the agent's partition; a
             # record elsewhere would escape it, so it is refused whatever identity says.
             result = DecisionResult(
                 decision=Decision.DENY, reasons=(Reason.INVALID_INTENT,),
-                policy_version=self.policy.version, facts=result.facts, detail=misplaced)
+                policy_version=result.policy_version, facts=result.facts, detail=misplaced)
+        if result.decision is not Decision.DENY and policy.limits:
+            result, held = self._reserve(intent, result, policy, now, partition, out, ledgers)
+            if held:
+                return out
+        return self._answer(intent, result, policy, now, partition, out)
+
+    def _answer(self, intent: Intent, result: DecisionResult, policy: CedarPolicy,
+                now: datetime, partition: int, out: IntentOutcome) -> IntentOutcome:
+        """The verdict of a decided intent: sign (ALLOW), ask the owner (PENDING), send."""
         issued: IssuedPass | None = None
         if result.allowed:
             try:
-                issued = self.issuer.issue(self._pass_request(intent, result.facts, now))
+                issued = self.issuer.issue(self._pass_request(intent, result, now))
             except Exception as exc:  # no key, no pass: fail closed, never an unsigned allow
                 log.error("signing failed for intent %s: %s", intent.intent_id,
                           type(exc).__name__)
                 result = DecisionResult(
                     decision=Decision.DENY, reasons=(Reason.INTERNAL_ERROR,),
-                    policy_version=self.policy.version, facts=result.facts,
+                    policy_version=result.policy_version, facts=result.facts,
                     detail="pass could not be signed")
         approval_info = None
         request: bytes | None = None
@@ -182,7 +243,7 @@ class Pipeline:
             pending = PendingApproval(
                 request_id=request_id_for(intent.intent_id), intent=intent,
                 owner=result.facts.owner or "",
-                approvers=self.policy.approval.approvers(result.facts.owner or ""),
+                approvers=policy.approval.approvers(result.facts.owner or ""),
                 requested_at=now, expires_at=now + self.settings.approval_timeout,
                 why=result.approval_why, policy_version=result.policy_version)
             request = self.schemas.approval_request.encode(pending_to_record(
@@ -212,6 +273,208 @@ class Pipeline:
         out.requested_at, out.issued = intent.requested_at, issued is not None
         out.record = record
         return out
+
+    # ---- stateful limits -----------------------------------------------------------------
+    def _ledger(self, view: Mapping[str, bytes], key: str) -> Ledger:
+        raw = view.get(key)
+        if raw is None:
+            return Ledger(key)
+        rec = self.schemas.budget_ledger.decode(raw)
+        return Ledger(key, tuple(Entry(
+            intent_id=e["intent_id"], at=e["at"], action=e["action"],
+            amount=None if e["amount"] is None else _plain(e["amount"]),
+            currency=e["currency"], released=e["released"]) for e in rec["entries"]))
+
+    def _ledger_bytes(self, ledger: Ledger, policy: CedarPolicy, now: datetime) -> bytes:
+        ledger = ledger.prune(policy.limits, now, self.settings.dedupe_horizon)
+        return self.schemas.budget_ledger.encode({"key": ledger.key, "entries": [
+            {"intent_id": e.intent_id, "at": e.at, "action": e.action, "amount": e.amount,
+             "currency": e.currency, "released": e.released} for e in ledger.entries]})
+
+    def _reserve(self, intent: Intent, result: DecisionResult, policy: CedarPolicy,
+                 now: datetime, partition: int, out: IntentOutcome,
+                 ledgers: Mapping[str, bytes]) -> tuple[DecisionResult, bool]:
+        """Reserve the intent's spend: the agent's own limits here (its partition, in
+        order), owner and department limits through their keys' partitions (the intent is
+        held until they answer). Returns (the result, held)."""
+        facts = result.facts
+        keys = budget_keys(policy.limits, intent.action, agent=intent.agent_id,
+                           owner=facts.owner, department=facts.department)
+        if not keys:
+            return result, False
+        for key in (k for k in keys if k.startswith("agent:")):
+            ledger, why = self._ledger(ledgers, key).reserve(
+                policy.limits, intent_id=intent.intent_id, at=now, action=intent.action,
+                amount=intent.amount, currency=intent.currency)
+            if why is not None:
+                return self._over_limit(result, why), False
+            out.ledgers[key] = self._ledger_bytes(ledger, policy, now)
+        remote = [k for k in keys if not k.startswith("agent:")]
+        if not remote:
+            return result, False
+        record = self._decision_record(intent, result, now, None, None)
+        out.hold = (intent.intent_id, self.schemas.budget_hold.encode({
+            "record": self.schemas.decision_record.encode(record),
+            "why": list(result.approval_why), "keys": list(keys), "held_at": now}))
+        out.records.append(self._budget_message(
+            "RESERVE", intent, remote[0], hops=remote, partition=partition, now=now,
+            policy_version=result.policy_version))
+        out.decision = "HELD"
+        return result, True
+
+    def _over_limit(self, result: DecisionResult, why: str) -> DecisionResult:
+        return DecisionResult(decision=Decision.DENY, reasons=(Reason.LIMIT_EXCEEDED,),
+                              policy_version=result.policy_version, facts=result.facts,
+                              detail=why)
+
+    def _budget_message(self, op: str, intent: Intent, key: str, *, hops: list[str],
+                        partition: int, now: datetime, policy_version: str,
+                        detail: str = "") -> Outgoing:
+        """A RESERVE/RELEASE to a budget key's partition."""
+        value = self.schemas.budget_message.encode({
+            "op": op, "intent_id": intent.intent_id, "agent_id": intent.agent_id,
+            "key": key, "hops": hops, "reply_partition": partition, "at": now,
+            "action": intent.action, "amount": intent.amount, "currency": intent.currency,
+            "policy_version": policy_version, "detail": detail})
+        return Outgoing(self.topics.budget_requests, key.encode(), value,
+                        partition_for(key, self.settings.partitions))
+
+    def _release(self, intent: Intent, keys: list[str], policy_version: str, now: datetime,
+                 partition: int, ledgers: Mapping[str, bytes],
+                 written: dict[str, bytes], records: list[Outgoing]) -> None:
+        """The intent ends without a pass: it consumes nothing in any of its budgets."""
+        policy = self.book.by_version(policy_version) or self.book.current(now)
+        for key in keys:
+            if key.startswith("agent:"):
+                ledger = self._ledger(ledgers, key).release(intent.intent_id, at=now,
+                                                            action=intent.action)
+                written[key] = self._ledger_bytes(ledger, policy, now)
+            else:
+                records.append(self._budget_message("RELEASE", intent, key, hops=[],
+                                                    partition=partition, now=now,
+                                                    policy_version=policy_version))
+
+    def budget_keys_of(self, record: Mapping[str, Any]) -> list[str]:
+        """The budget keys a recorded decision reserved in (by its policy's limits)."""
+        policy = self.book.by_version(record["policy_version"])
+        if policy is None or not policy.limits:
+            return []
+        facts = record["facts"] or {}
+        return list(budget_keys(policy.limits, record["intent"]["action"],
+                                agent=record["intent"]["agent_id"], owner=facts.get("owner"),
+                                department=facts.get("department")))
+
+    def on_budget(self, key: bytes | None, value: bytes | None, *, partition: int,
+                  offset: int, ledgers: Mapping[str, bytes]) -> BudgetOutcome:
+        """One RESERVE or RELEASE in a budget key's partition, applied in order."""
+        now = _now_ms(self.clock)
+        try:
+            msg = self.schemas.budget_message.decode(value)
+            if msg["op"] not in ("RESERVE", "RELEASE") or key != msg["key"].encode() or \
+                    partition != partition_for(msg["key"], self.settings.partitions):
+                raise ValueError("a budget request must be keyed by its budget key and sit "
+                                 "on that key's partition")
+        except (GatepassError, KeyError, ValueError, TypeError) as exc:
+            return BudgetOutcome(records=[self.dead_letter(
+                self.topics.budget_requests, partition, offset, key, value, exc, now)])
+        out = BudgetOutcome()
+        budget = msg["key"]
+        policy = self.book.by_version(msg["policy_version"]) or self.book.current(now)
+        intent = Intent(intent_id=msg["intent_id"], agent_id=msg["agent_id"],
+                        action=msg["action"], resource="-", audience="-",
+                        requested_at=msg["at"],
+                        amount=None if msg["amount"] is None else _plain(msg["amount"]),
+                        currency=msg["currency"])
+        ledger = self._ledger(ledgers, budget)
+        if msg["op"] == "RELEASE":
+            out.ledgers[budget] = self._ledger_bytes(
+                ledger.release(intent.intent_id, at=msg["at"], action=intent.action),
+                policy, now)
+            return out
+        new, why = ledger.reserve(policy.limits, intent_id=intent.intent_id, at=msg["at"],
+                                  action=intent.action, amount=intent.amount,
+                                  currency=intent.currency)
+        hops = list(msg["hops"])
+        here = hops.index(budget) if budget in hops else len(hops) - 1
+        reply = msg["reply_partition"]
+        if why is not None:
+            out.refused = why
+            for earlier in hops[:here]:  # what the chain reserved before this key
+                out.records.append(self._budget_message(
+                    "RELEASE", intent, earlier, hops=[], partition=reply, now=msg["at"],
+                    policy_version=msg["policy_version"]))
+            out.records.append(self._budget_reply("REFUSED", msg, budget, why))
+            return out
+        if new is not ledger:
+            out.ledgers[budget] = self._ledger_bytes(new, policy, now)
+        if here + 1 < len(hops):
+            out.records.append(self._budget_message(
+                "RESERVE", intent, hops[here + 1], hops=hops, partition=reply, now=msg["at"],
+                policy_version=msg["policy_version"]))
+        else:
+            out.records.append(self._budget_reply("GRANTED", msg, budget, ""))
+        return out
+
+    def _budget_reply(self, op: str, msg: Mapping[str, Any], key: str,
+                      detail: str) -> Outgoing:
+        value = self.schemas.budget_message.encode({**msg, "op": op, "key": key,
+                                                    "detail": detail})
+        return Outgoing(self.topics.budget_replies, msg["agent_id"].encode(), value,
+                        msg["reply_partition"])
+
+    def budget_timeout(self, intent_id: str, agent_id: str, partition: int) -> Outgoing:
+        """The timer's tick for a hold that waited too long (into the agent's partition)."""
+        now = _now_ms(self.clock)
+        value = self.schemas.budget_message.encode({
+            "op": "TIMEOUT", "intent_id": intent_id, "agent_id": agent_id, "key": "",
+            "hops": [], "reply_partition": partition, "at": now, "action": "-",
+            "amount": None, "currency": None, "policy_version": "", "detail": ""})
+        return Outgoing(self.topics.budget_replies, agent_id.encode(), value, partition)
+
+    def on_budget_reply(self, key: bytes | None, value: bytes | None, *, partition: int,
+                        offset: int, holds: Mapping[str, bytes], decided: Mapping[str, bytes],
+                        ledgers: Mapping[str, bytes]) -> IntentOutcome:
+        """GRANTED, REFUSED or TIMEOUT for a held intent, in the agent's partition: its one
+        verdict now (a second answer for the same hold finds none and does nothing)."""
+        now = _now_ms(self.clock)
+        try:
+            msg = self.schemas.budget_message.decode(value)
+            if msg["op"] not in ("GRANTED", "REFUSED", "TIMEOUT") or \
+                    key != msg["agent_id"].encode() or partition != partition_for(
+                        msg["agent_id"], self.settings.partitions):
+                raise ValueError("a budget reply must be keyed by its agent id and sit on "
+                                 "the agent's partition")
+        except (GatepassError, KeyError, ValueError, TypeError) as exc:
+            return IntentOutcome(records=[self.dead_letter(
+                self.topics.budget_replies, partition, offset, key, value, exc, now)])
+        out = IntentOutcome(intent_id=msg["intent_id"])
+        raw = holds.get(msg["intent_id"])
+        if raw is None or decided.get(msg["intent_id"]) is not None:
+            out.duplicate = True
+            if raw is not None:
+                out.unhold = msg["intent_id"]
+            return out
+        hold = self.schemas.budget_hold.decode(raw)
+        record = self.schemas.decision_record.decode(hold["record"])
+        intent = intent_from_record(record["intent"])
+        result = DecisionResult(
+            decision=Decision(record["decision"]),
+            reasons=tuple(Reason(r) for r in record["reasons"]),
+            policy_version=record["policy_version"], facts=facts_from_record(record["facts"]),
+            detail=record["detail"], approval_why=tuple(hold["why"]),
+            policy_ids=tuple(record.get("policy_ids") or ()))
+        policy = self.book.by_version(result.policy_version) or self.book.current(now)
+        out.unhold = intent.intent_id
+        if msg["op"] != "GRANTED":
+            why = msg["detail"] if msg["op"] == "REFUSED" else \
+                "owner and department budgets did not answer in time"
+            result = self._over_limit(result, why) if msg["op"] == "REFUSED" else \
+                DecisionResult(decision=Decision.DENY, reasons=(Reason.STATE_NOT_READY,),
+                               policy_version=result.policy_version, facts=result.facts,
+                               detail=why)
+            self._release(intent, list(hold["keys"]), result.policy_version, now, partition,
+                          ledgers, out.ledgers, out.records)
+        return self._answer(intent, result, policy, now, partition, out)
 
     def _misplaced(self, intent: Intent, key: bytes | None, partition: int) -> str | None:
         if key != intent.agent_id.encode():
@@ -261,12 +524,14 @@ class Pipeline:
         out.decision, out.reasons = record["decision"], tuple(record["reasons"])
         return out
 
-    def _pass_request(self, intent: Intent, facts: IdentityFacts, now: datetime) -> PassRequest:
+    def _pass_request(self, intent: Intent, result: DecisionResult,
+                      now: datetime) -> PassRequest:
+        facts = result.facts
         return PassRequest(
             intent_id=intent.intent_id, agent_id=intent.agent_id, audience=intent.audience,
             action=intent.action, resource=intent.resource, amount=intent.amount,
             currency=intent.currency, owner=facts.owner or "",
-            delegation_chain=intent.delegation_chain, policy_version=self.policy.version,
+            delegation_chain=intent.delegation_chain, policy_version=result.policy_version,
             issued_at=now, cnf_jkt=facts.agent_key_jkt)
 
     def _decision_record(self, intent: Intent, result: DecisionResult, now: datetime,
@@ -281,7 +546,8 @@ class Pipeline:
             "decision_id": str(uuid.uuid4()), "intent": intent_to_record(intent),
             "decision": result.decision.value, "reasons": [r.value for r in result.reasons],
             "detail": result.detail, "policy_version": result.policy_version,
-            "decided_at": now, "facts": facts_to_record(result.facts),
+            "policy_ids": list(result.policy_ids), "decided_at": now,
+            "facts": facts_to_record(result.facts),
             "credential": credential, "masked_fields": _MASKED if issued else [],
             "worker": self.worker, "approval": approval,
         }
@@ -296,14 +562,16 @@ class Pipeline:
             "credential": issued.token if issued else None,
             "credential_id": ref["credential_id"] if ref else None,
             "expires_at": ref["expires_at"] if ref else None,
-            "policy_version": record["policy_version"], "decided_at": record["decided_at"],
+            "policy_version": record["policy_version"],
+            "policy_ids": record.get("policy_ids", []), "decided_at": record["decided_at"],
             "facts": record["facts"], "approval": record.get("approval"),
         })
 
     # ---- approvals -----------------------------------------------------------------------
     def on_approval(self, key: bytes | None, value: bytes | None, *, partition: int,
                     offset: int, pending: Mapping[str, bytes],
-                    decided: Mapping[str, bytes]) -> ApprovalOutcome:
+                    decided: Mapping[str, bytes],
+                    ledgers: Mapping[str, bytes] | None = None) -> ApprovalOutcome:
         """One approval decision, or one expiry tick of the timer, for a pending request.
 
         Runs in the agent's partition, in order with the intents: the first decision that
@@ -343,8 +611,11 @@ class Pipeline:
                 verdict = Judgement(alert=Reason.STATE_NOT_READY,
                                     detail="identity state is not ready; decide again shortly")
             else:
+                # Delegates as the policy that asked for approval named them.
+                policy = self.book.by_version(request.policy_version) if request else None
                 verdict = judge(request, finalized, event, identity=self.identity,
-                                rules=self.policy.approval, key=self._key(), now=now)
+                                rules=(policy or self.book.current(now)).approval,
+                                key=self._key(), now=now)
         except Exception as exc:  # never an approval by accident: nothing changes
             log.error("approval event for intent %s not applied: %s", intent_id,
                       type(exc).__name__)
@@ -357,6 +628,15 @@ class Pipeline:
             return out
         if verdict.final is not None and request is not None:
             self._finish(request, verdict, event, now, partition, out)
+            if out.final == Decision.DENY.value and raw is not None:
+                # Denied, expired, or its owner gone: the spend it reserved is given back.
+                pending_record = codecs.approval_request.decode(raw)
+                keys = self.budget_keys_of({"policy_version": request.policy_version,
+                                            "intent": pending_record["intent"],
+                                            "facts": pending_record.get("facts") or {}})
+                if keys:
+                    self._release(request.intent, keys, request.policy_version, now,
+                                  partition, ledgers or {}, out.ledgers, out.records)
         if verdict.alert is not None and event is not None:
             out.alert = verdict.alert.value
             out.records.append(self._approval_alert(event, verdict, now, partition))

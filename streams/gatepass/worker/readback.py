@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, TopicPartition
 
 from gatepass.codec.avro import SchemaSet
 from gatepass.config import Settings
@@ -171,11 +171,12 @@ def read_back(settings: Settings, schemas: SchemaSet, partition: int, *,
 
 
 def read_range(settings: Settings, topic: str, partition: int, start: int, end: int, *,
-               timeout: float = 60.0) -> list[tuple[int, bytes | None, bytes | None]]:
-    """(offset, key, value) of the records at offsets start..end-1 of one partition."""
+               timeout: float = 60.0
+               ) -> list[tuple[int, bytes | None, bytes | None, float | None]]:
+    """(offset, key, value, timestamp in seconds) of the records at offsets start..end-1."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.app_id,
                          "enable.auto.commit": False, "logger": KAFKA_LOG})
-    out: list[tuple[int, bytes | None, bytes | None]] = []
+    out: list[tuple[int, bytes | None, bytes | None, float | None]] = []
     try:
         low, high = watermarks(consumer, topic, partition)
         start, end = max(start, low), min(end, high)
@@ -192,7 +193,9 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
                 continue
             offset = msg.offset() or 0
             if offset < end:
-                out.append((offset, msg.key(), msg.value()))
+                kind, stamp = msg.timestamp()
+                out.append((offset, msg.key(), msg.value(),
+                            stamp / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else None))
             if offset + 1 >= end:
                 return out
     except KafkaException as exc:

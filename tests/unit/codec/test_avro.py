@@ -21,7 +21,8 @@ SCHEMA_DIR = schema_dir()
 # The order SchemaSet.load reads them in: later files refer to named types of earlier ones.
 LOAD_ORDER = ("intent", "lifecycle", "verdict", "orphan_alert", "decision_record",
               "orphan_check", "dead_letter", "public_key", "approval_request",
-              "approval_decision", "approval_timeout", "approval_alert")
+              "approval_decision", "approval_timeout", "approval_alert", "policy_bundle",
+              "policy_activation", "budget_ledger", "budget_message", "budget_hold")
 CODEC_NAMES = [f.name for f in fields(SchemaSet)]
 AT = datetime(2026, 3, 2, 9, 30, 15, 123000, tzinfo=UTC)  # millisecond precision, like Avro
 INTENT_ID = "7b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11"
@@ -184,19 +185,22 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                              "credential": "eyJhbGciOiJFZERTQSJ9.e30.c2ln",
                              "credential_id": "6da0eb0a-5a50-50ec-9bea-5b600c5ab0fe",
                              "expires_at": AT + timedelta(minutes=5),
-                             "policy_version": "scope-0123456789abcdef", "decided_at": AT,
+                             "policy_version": "cedar-0123456789abcdef",
+                             "policy_ids": ["procurement.orders"], "decided_at": AT,
                              "facts": FACTS, "approval": None}),
         ("approved", {"intent_id": INTENT_ID, "agent_id": "procure-bot",
                       "decision": "ALLOW", "reasons": ["approved"], "detail": "approved",
                       "credential": "eyJhbGciOiJFZERTQSJ9.e30.c2ln",
                       "credential_id": "6da0eb0a-5a50-50ec-9bea-5b600c5ab0fe",
                       "expires_at": AT + timedelta(minutes=5),
-                      "policy_version": "scope-0123456789abcdef", "decided_at": AT,
+                      "policy_version": "cedar-0123456789abcdef",
+                             "policy_ids": ["procurement.orders"], "decided_at": AT,
                       "facts": FACTS, "approval": APPROVED}),
         ("pending", {"intent_id": INTENT_ID, "agent_id": "procure-bot",
                      "decision": "PENDING", "reasons": ["pending_approval"], "detail": "big",
                      "credential": None, "credential_id": None, "expires_at": None,
-                     "policy_version": "scope-0123456789abcdef", "decided_at": AT,
+                     "policy_version": "cedar-0123456789abcdef",
+                             "policy_ids": ["procurement.orders"], "decided_at": AT,
                      "facts": FACTS, "approval": {
                          "request_id": "r-1", "expires_at": AT + timedelta(minutes=5),
                          "why": ["amount above 10000.00 USD"], "approver": None,
@@ -204,7 +208,8 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("deny, nulls", {"intent_id": INTENT_ID, "agent_id": "procure-bot", "decision": "DENY",
                          "reasons": ["owner_inactive", "out_of_scope"], "detail": "no",
                          "credential": None, "credential_id": None, "expires_at": None,
-                         "policy_version": "scope-0123456789abcdef", "decided_at": AT,
+                         "policy_version": "cedar-0123456789abcdef",
+                             "policy_ids": ["procurement.orders"], "decided_at": AT,
                          "facts": {"state_ready": False, "agent_registered": False,
                                    "agent_status": None, "agent_status_at": None,
                                    "owner": None, "owner_status": None,
@@ -228,7 +233,8 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "decision_record": [
         ("allow", {"decision_id": "c0a8e1d2-0000-4000-8000-000000000001", "intent": INTENT,
                    "decision": "ALLOW", "reasons": ["allowed"], "detail": "allowed",
-                   "policy_version": "scope-0123456789abcdef", "decided_at": AT,
+                   "policy_version": "cedar-0123456789abcdef",
+                   "policy_ids": [], "decided_at": AT,
                    "facts": FACTS,
                    "credential": {"credential_id": "6da0eb0a-5a50-50ec-9bea-5b600c5ab0fe",
                                   "token_sha256": "n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg",
@@ -239,7 +245,8 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                    "approval": APPROVED}),
         ("deny", {"decision_id": "c0a8e1d2-0000-4000-8000-000000000002", "intent": INTENT,
                   "decision": "DENY", "reasons": ["stale_intent"], "detail": "old",
-                  "policy_version": "scope-0123456789abcdef", "decided_at": AT,
+                  "policy_version": "cedar-0123456789abcdef",
+                   "policy_ids": [], "decided_at": AT,
                   "facts": FACTS, "credential": None, "masked_fields": [], "worker": "",
                   "approval": None}),
     ],
@@ -287,6 +294,44 @@ RECORDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                     "decision_id": "d-1", "request_id": "r-1", "intent_id": INTENT_ID,
                     "agent_id": "procure-bot", "approver": "mallory", "choice": "APPROVE",
                     "channel": "cli", "detected_at": AT}),
+    ],
+    "policy_bundle": [
+        ("bundle", {"version": "cedar-0123456789abcdef",
+                    "files": {"schema.cedarschema": "namespace Gatepass {}",
+                              "scope/a.cedar": '@id("a") permit(principal, action, resource);'},
+                    "pushed_at": AT, "pushed_by": "ops@host"}),
+    ],
+    "budget_ledger": [
+        ("two entries", {"key": "department:finance", "entries": [
+            {"intent_id": INTENT_ID, "at": AT, "action": "purchase_order.create",
+             "amount": Decimal("120.0000"), "currency": "USD", "released": False},
+            {"intent_id": "i-2", "at": AT, "action": "vendor.read", "amount": None,
+             "currency": None, "released": True}]}),
+    ],
+    "budget_message": [
+        ("reserve", {"op": "RESERVE", "intent_id": INTENT_ID, "agent_id": "procure-bot",
+                     "key": "owner:sarah", "hops": ["owner:sarah", "department:finance"],
+                     "reply_partition": 3, "at": AT, "action": "purchase_order.create",
+                     "amount": Decimal("120.0000"), "currency": "USD",
+                     "policy_version": "cedar-0123456789abcdef", "detail": ""}),
+        ("refused", {"op": "REFUSED", "intent_id": INTENT_ID, "agent_id": "procure-bot",
+                     "key": "department:finance", "hops": [], "reply_partition": 3, "at": AT,
+                     "action": "purchase_order.create", "amount": None, "currency": None,
+                     "policy_version": "cedar-0123456789abcdef",
+                     "detail": "limit department-monthly-spend: ..."}),
+    ],
+    "budget_hold": [
+        ("hold", {"record": b"\xc3\x01record", "why": [], "keys": ["agent:a", "owner:o"],
+                  "held_at": AT}),
+    ],
+    "policy_activation": [
+        ("first", {"activation_id": "1b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11",
+                   "version": "cedar-0123456789abcdef", "effective_at": AT,
+                   "pushed_at": AT, "pushed_by": "", "previous_version": None}),
+        ("rollback", {"activation_id": "2b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11",
+                      "version": "cedar-0123456789abcdef", "effective_at": AT,
+                      "pushed_at": AT, "pushed_by": "ops@host",
+                      "previous_version": "cedar-fedcba9876543210"}),
     ],
 }
 ROUND_TRIPS = [(name, label, rec) for name, cases in RECORDS.items() for label, rec in cases]

@@ -22,8 +22,8 @@ from gatepass.config import Settings
 from gatepass.core import IdentityState
 from gatepass.credentials import KeyStore, PassIssuer
 from gatepass.errors import RecordInvalidError, UnknownSchemaError
+from gatepass.policy import load_policy
 from gatepass.worker import Pipeline
-from gatepass.worker.policy import load_scope_policy
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # before delegation_chain and signature (which have defaults) existed
@@ -187,7 +187,7 @@ def test_unknown_writer_is_dead_lettered_not_guessed(tmp_path: Path) -> None:
     now = AT + timedelta(seconds=1)
     store = KeyStore.open(tmp_path / "keys", now=now)
     pipeline = Pipeline(settings=Settings(), schemas=schemas(),
-                        policy=load_scope_policy(None),
+                        policy=load_policy(None),
                         issuer=PassIssuer(store, issuer="gatepass", ttl=timedelta(minutes=5)),
                         identity=IdentityState(), ready=lambda: True, clock=lambda: now)
     out = pipeline.on_intent(b"procure-bot", data, partition=2, offset=41, memo={})
@@ -271,7 +271,27 @@ def test_verdicts_written_before_approvals_are_read_with_no_approval(tmp_path: P
     data = old.verdict.encode(record)
     assert data[2:10] != schemas().verdict.fingerprint
     assert schemas().verdict.decode(data) == {
-        **record, "approval": None, "facts": FACTS | {"agent_key_jkt": None}}
+        **record, "approval": None, "policy_ids": [],
+        "facts": FACTS | {"agent_key_jkt": None}}
+
+
+def test_verdicts_and_records_written_before_cedar_are_read_with_no_policy_ids(
+        tmp_path: Path) -> None:
+    """Generation v3 (the scope allow-list, no policy ids) reads as `policy_ids = []`."""
+    for name in ("verdict", "decision_record"):
+        added = set(_fields(schema_dir() / f"{name}.avsc")) - set(
+            _fields(HISTORY / f"{name}.v3.avsc"))
+        assert added == {"policy_ids"}
+    v3 = _generation(tmp_path, {"verdict": "verdict.v3.avsc",
+                                "decision_record": "decision_record.v3.avsc"})
+    record = {"intent_id": CURRENT_RECORD["intent_id"], "agent_id": "procure-bot",
+              "decision": "DENY", "reasons": ["out_of_scope"], "detail": "no",
+              "credential": None, "credential_id": None, "expires_at": None,
+              "policy_version": "scope-1", "decided_at": AT,
+              "facts": FACTS | {"agent_key_jkt": None}, "approval": None}
+    data = v3.verdict.encode(record)
+    assert data[2:10] != schemas().verdict.fingerprint
+    assert schemas().verdict.decode(data) == record | {"policy_ids": []}
 
 
 def test_decision_records_written_before_approvals_are_read(tmp_path: Path) -> None:

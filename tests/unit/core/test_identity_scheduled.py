@@ -21,12 +21,16 @@ from gatepass.core import (
     AgentStatus,
     AgentStatusChanged,
     Applied,
+    Freshness,
     IdentityState,
+    Intent,
     PrincipalStatus,
     PrincipalStatusChanged,
+    decide,
     lifecycle_key,
 )
 from gatepass.core.identity import is_scheduled
+from support.policies import bundle
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -208,7 +212,7 @@ def histories(draw: st.DrawFn) -> list[tuple[float, PrincipalStatusChanged | Non
     Events are facts in force (dated at or before the clock, even far back) or plans
     (dated after it). A promotion pass may be skipped (every worker down).
     """
-    steps = []
+    steps: list[tuple[float, PrincipalStatusChanged | None, bool]] = []
     clock = 0.0
     for _ in range(draw(st.integers(min_value=1, max_value=12))):
         clock += draw(st.sampled_from([1, 5, 20, 60]))
@@ -275,15 +279,19 @@ def test_plans_not_yet_due_when_replaced_resolve_the_same_in_any_order(
 
 
 # ---- the decision reads the status as of its own `now` -----------------------------------
-def _decide_at(state: IdentityState, seconds: float, *, chain: tuple[str, ...] = ()) -> Any:
-    from gatepass.core import Freshness, Intent, ScopePolicy, decide
+VENDOR_READS = bundle('''
+@id("procurement.vendors")
+permit (principal, action == Gatepass::Action::"vendor.read", resource)
+when { principal.purpose == "procurement" };
+''')
 
+
+def _decide_at(state: IdentityState, seconds: float, *, chain: tuple[str, ...] = ()) -> Any:
     now = t(seconds)
     intent = Intent(intent_id="7b0e4c8e-2f4e-4a53-9a57-6a3d1b1d2c11", agent_id="procure-bot",
                     action="vendor.read", resource="vendor:ACME", audience="procurement-api",
                     requested_at=now, delegation_chain=chain)
-    policy = ScopePolicy.from_toml('[purposes.procurement."vendor.read"]\n')
-    return decide(intent, state, policy, now=now, ready=True,
+    return decide(intent, state, VENDOR_READS, now=now, ready=True,
                   freshness=Freshness(max_age=timedelta(minutes=2), max_skew=timedelta(0)))
 
 

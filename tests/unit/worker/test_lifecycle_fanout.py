@@ -103,14 +103,14 @@ def test_two_members_write_identical_bytes() -> None:
 def _pipeline(identity: IdentityState, tmp_path: Any) -> Any:
     from gatepass.core import AgentRegistered
     from gatepass.credentials import KeyStore, PassIssuer
+    from gatepass.policy import load_policy
     from gatepass.worker import Pipeline
-    from gatepass.worker.policy import load_scope_policy
 
     for agent in ("procure-bot", "helper-bot"):
         identity.apply(AgentRegistered(agent_id=agent, owner="sarah", purpose="procurement",
                                        event_time=T0 - timedelta(days=30), source="okta"))
     keystore = KeyStore.open(tmp_path / "keys", now=T0)
-    return Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_scope_policy(None),
+    return Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_policy(None),
                     issuer=PassIssuer(keystore, issuer="gatepass", ttl=timedelta(minutes=5)),
                     identity=identity, ready=lambda: True, clock=lambda: T0)
 

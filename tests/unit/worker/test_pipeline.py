@@ -38,9 +38,9 @@ from gatepass.credentials import (
 )
 from gatepass.credentials.issuer import IssuedPass
 from gatepass.errors import KeyStoreError
+from gatepass.policy import load_policy
 from gatepass.transport import partition_for
 from gatepass.worker import IntentOutcome, Outgoing, Pipeline
-from gatepass.worker.policy import load_scope_policy
 
 NOW = datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=UTC)  # microseconds: Avro keeps millis
 NOW_MS = NOW.replace(microsecond=123000)
@@ -110,7 +110,7 @@ def make_rig(keystore: KeyStore, *, issuer: PassIssuer | None = None, ready: boo
              identity: IdentityState | None = None, clock: Clock | None = None) -> Rig:
     identity = world() if identity is None else identity
     clock = clock or Clock(NOW)
-    pipeline = Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_scope_policy(None),
+    pipeline = Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_policy(None),
                         issuer=issuer or PassIssuer(keystore, issuer="gatepass", ttl=TTL),
                         identity=identity, ready=lambda: ready, worker="test-worker:1",
                         clock=clock)

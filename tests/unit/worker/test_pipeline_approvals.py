@@ -16,10 +16,10 @@ from gatepass.codec.records import approval_decision_to_record
 from gatepass.core import PrincipalStatus, PrincipalStatusChanged
 from gatepass.core.approval import ApprovalDecision, approval_code, decision_proof
 from gatepass.credentials import KeyStore, PassIssuer, PassVerifier
+from gatepass.policy import load_policy
 from gatepass.transport import partition_for
 from gatepass.worker import Pipeline
 from gatepass.worker.pipeline import ApprovalOutcome, IntentOutcome, request_id_for
-from gatepass.worker.policy import load_scope_policy
 from unit.worker.test_pipeline import (
     AUDIENCE,
     INTENT_ID,
@@ -71,7 +71,7 @@ class Rig:
 def rig(tmp_path: Path) -> Rig:
     keystore = KeyStore.open(tmp_path / "keys", now=NOW)
     clock = Clock(NOW)
-    pipeline = Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_scope_policy(None),
+    pipeline = Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_policy(None),
                         issuer=PassIssuer(keystore, issuer="gatepass", ttl=TTL),
                         identity=world(), ready=lambda: True, worker="w", clock=clock,
                         approval_key=lambda: KEY)

@@ -19,10 +19,10 @@ from gatepass.core import AgentRegistered, IdentityState, key_thumbprint, sign_i
 from gatepass.credentials import KeyStore, PassIssuer, PassVerifier, dpop_proof
 from gatepass.credentials._jose import b64url_decode
 from gatepass.errors import ProofMissingError
+from gatepass.policy import load_policy
 from gatepass.sdk import agent_public_key
 from gatepass.transport import partition_for
 from gatepass.worker import Pipeline
-from gatepass.worker.policy import load_scope_policy
 from unit.worker.test_pipeline import (
     AUDIENCE,
     NOW,
@@ -142,7 +142,7 @@ def test_an_unsigned_intent_for_a_ghost_agent_raises_no_orphan_check(rig: Rig) -
 
 def test_the_deployment_switch_makes_signatures_mandatory(keystore: KeyStore) -> None:
     strict = Pipeline(settings=Settings(require_signed_intents=True), schemas=schemas(),
-                      policy=load_scope_policy(None),
+                      policy=load_policy(None),
                       issuer=PassIssuer(keystore, issuer="gatepass", ttl=TTL),
                       identity=keyed_world(), ready=lambda: True, clock=Clock(NOW))
     rig = Rig(strict, strict.identity, keystore, Clock(NOW))
@@ -179,7 +179,7 @@ def test_an_approved_pass_is_bound_to_the_agent_key(tmp_path: Path) -> None:
     identity = world()
     register(identity, "procure-bot")  # the approvals helpers speak for procure-bot
     clock = Clock(NOW)
-    pipeline = Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_scope_policy(None),
+    pipeline = Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_policy(None),
                         issuer=PassIssuer(keystore, issuer="gatepass", ttl=TTL),
                         identity=identity, ready=lambda: True, clock=clock,
                         approval_key=lambda: KEY)
@@ -224,7 +224,7 @@ def test_an_approval_for_an_agent_whose_key_broke_meanwhile_is_denied(tmp_path: 
     keystore = KeyStore.open(tmp_path / "keys", now=NOW)
     identity = world()
     register(identity, "procure-bot")
-    pipeline = Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_scope_policy(None),
+    pipeline = Pipeline(settings=SETTINGS, schemas=schemas(), policy=load_policy(None),
                         issuer=PassIssuer(keystore, issuer="gatepass", ttl=TTL),
                         identity=identity, ready=lambda: True, clock=Clock(NOW),
                         approval_key=lambda: KEY)
