@@ -19,9 +19,11 @@ def test_the_demo_story_behaves_as_told(kafka_bootstrap: str, tmp_path: Path,
     out = capsys.readouterr().out
     for line in [
         "ALLOW [allowed]",
+        "Cedar policies: procurement.orders",
         "HTTP 401 replayed",
         "DENY [out_of_scope]",
         "PENDING [pending_approval]",
+        "Cedar policies: procurement.orders, approval.large-order",
         "the secret left the address bar",
         "Approved: purchase_order.create",
         "ALLOW [approved]",

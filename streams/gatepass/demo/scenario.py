@@ -58,6 +58,8 @@ class Timeline:
         latency = f"{v.latency_ms:.1f} ms" if v.latency_ms is not None else "-"
         self.result(f"{v.decision} [{', '.join(v.reasons)}] in {latency}"
                     + (f"  pass {v.credential_id}" if v.credential_id else ""))
+        if v.policy_ids:
+            self.result("Cedar policies: " + ", ".join(v.policy_ids))
         if v.detail:
             self.result(v.detail)
 
@@ -221,8 +223,9 @@ def run_demo(settings: Settings, *, keep_running: bool = False,
         tl.say("starting the Gatepass worker")
         worker.start()
         state = worker.wait_ready()
-        tl.result(f"ready: {state['identities']} identities loaded, policy "
-                  f"{state['policy_version']}; logs in {worker.log_file}")
+        tl.result(f"ready: {state['identities']} identities loaded, Cedar policy "
+                  f"{state['policy_version']} (policies/: gatepass policy validate "
+                  f"policies); logs in {worker.log_file}")
 
         jwks_url = f"{settings.web_url}/.well-known/jwks.json"
         api = ProcurementApi(lambda: load_jwks(jwks_url), issuer=settings.issuer).start()
