@@ -180,8 +180,12 @@ def _replace_value(m: re.Match[str], kind: str) -> str:
 
 def _replace_key_value(m: re.Match[str]) -> str:
     name = m["name"]
+    # A lone "code" in free text is usually an error code; as a URL query parameter
+    # (`?code=` / `&code=`, e.g. an approval link in a request line) it is a secret.
+    in_query = m.start() > 0 and m.string[m.start() - 1] in "?&"
     # Authorization is handled (with its scheme) by _AUTH_HEADER.
-    if name.lower().endswith("authorization") or not is_secret_name(name, bare_code=False):
+    if name.lower().endswith("authorization") or not is_secret_name(name,
+                                                                    bare_code=in_query):
         return m[0]
     value = m["value"]
     quote = value[0] if value[:1] in {'"', "'"} else ""

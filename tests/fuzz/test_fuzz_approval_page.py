@@ -259,12 +259,9 @@ def test_fuzz_approval_page(pending: Pending, fuzz_target: Callable[[str], Targe
     assert [v["decision"] for v in verdicts if v["intent_id"] == p.intent_id] == ["PENDING"]
 
 
-# ---- found by this suite, not fixed yet: pinned by its input -------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "approvals/page.py: POST with a valid session, an allowed origin and a form content type "
-    "but a body that is not UTF-8 - aiohttp's request.post() raises UnicodeDecodeError, "
-    "which _guarded turns into a 500 (nothing is decided; it should be a 4xx)"))
+# ---- found by this suite: pinned by its input -------------------------------------------
 def test_a_form_body_that_is_not_utf8_is_a_4xx(pending: Pending) -> None:
+    """Was a 500 (aiohttp's request.post() raises UnicodeDecodeError); nothing decided."""
     status, _, _ = call(pending.stack, "POST", pending.path, {
         "Cookie": f"{COOKIE}={pending.cookie}", "Origin": pending.stack.settings.approval_base_url,
         "Content-Type": "application/x-www-form-urlencoded"}, b"csrf=\xff\xfe&decision=approve")

@@ -30,17 +30,13 @@ The scanner must be able to fail: `test_the_scanner_finds_what_was_planted` writ
 a PEM key, a JWK with its private member and an approval key to topics of a scratch prefix
 (then deletes them) and a pass to a log file, and requires every one to be found.
 
-Known gaps, each excluded from the failure only in its exact form and pinned by its own
-strict xfail below:
-
-* a pass that an agent copies into its own intent (its `context`) travels with that intent:
-  onto the intents topic (written by the agent), the dead-letter topic (the original bytes,
-  by design) and, written by the worker, the audit and denials records and the `decided`
-  changelog, which embed the intent as sent;
-* an approval link whose request line aiohttp cannot parse (`GET ?as=..&code=..`, no path:
-  a mangled link) is logged by aiohttp with the raw request line in its exception text,
-  and the log redaction leaves `code=` in free text alone: the approval code reaches the
-  worker's log (found by tests/fuzz/test_fuzz_approval_page.py).
+Allowed on purpose, and only there: a pass that an agent copies into its own intent (its
+`context`) is on the intents topic (the agent wrote it) and on the dead-letter topic when
+that intent is dead-lettered (the original bytes, by design). Everything the worker writes
+from the intent - audit and denial records, approval requests, the changelogs - carries the
+context masked (`masked_fields` names it). Closed gaps, each with its own test below: that
+masking, and approval codes in aiohttp's log record of a request line it cannot parse
+(`?code=` is redacted as a query parameter).
 """
 
 from __future__ import annotations
@@ -158,8 +154,8 @@ class Scanner:
             if topic.endswith("intents"):
                 self.echoed.add(token)  # written by an agent, with its own intent
                 self.known_gap.append(finding)
-            elif token in self.echoed:
-                self.known_gap.append(finding)
+            elif token in self.echoed and topic.endswith("dead-letter"):
+                self.known_gap.append(finding)  # that intent's original bytes, by design
             else:
                 self.findings.append(finding)
 
@@ -277,29 +273,12 @@ def scan_broker(scanner: Scanner, bootstrap: str, approval_keys: list[bytes],
                                      if any(v in part for v in values)]
 
 
-def _aiohttp_bad_request_line(line: bytes) -> bool:
-    """aiohttp's own log record of a request line it could not parse (see the known gaps)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and record.get("logger") == "aiohttp.server" and \
-        str(record.get("message", "")).startswith("Error handling request")
-
-
 def scan_logs(scanner: Scanner, homes: Path) -> list[Path]:
     logs = sorted(p for p in homes.rglob("*.log") if p.is_file())
     for path in logs:
         where = str(path.relative_to(homes))
         for line in path.read_bytes().splitlines():
-            before = len(scanner.findings)
             scanner.scan(where, line)
-            new = scanner.findings[before:]
-            if new and all(f.kind == "approval code" for f in new) and \
-                    _aiohttp_bad_request_line(line):
-                del scanner.findings[before:]
-                scanner.known_gap += [Finding(where, "approval code in aiohttp's record of "
-                                              "an unparsable request line")]
     scanner.logs += len(logs)
     return logs
 
@@ -459,14 +438,11 @@ def test_the_scanner_finds_what_was_planted(kafka_bootstrap: str, tmp_path: Path
             fut.result(30)
 
 
-# ---- the known gaps ----------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "the worker copies the intent as sent, context included, into its DecisionRecord: a "
-    "pass an agent puts in its intent's context (e.g. a copied Authorization header) is "
-    "written to the audit topic (90 days), the denials topic and the `decided` changelog; "
-    "only the log lines are redacted (logs.RedactionFilter)"))
+# ---- gaps found by this suite, now closed -------------------------------------------------
 def test_a_pass_an_agent_echoes_into_its_intent_stays_off_the_audit_record(
         tmp_path: Path) -> None:
+    """The context of an intent is recorded masked (secret-named keys, passes, bearer
+    tokens), the masked keys named in masked_fields; the verdict still carries its pass."""
     from unit.worker.test_pipeline import intent_bytes, make_rig, send_intent
 
     rig = make_rig(KeyStore.open(tmp_path / "keys"))
@@ -478,13 +454,15 @@ def test_a_pass_an_agent_echoes_into_its_intent_stays_off_the_audit_record(
         scanner.scan(record.topic, record.value,
                      passes_allowed=record.topic.endswith("verdicts"), topic=record.topic)
     assert scanner.findings == []
+    (audit,) = [r for r in out.records if r.topic.endswith("audit")]
+    record = schemas().decision_record.decode(audit.value)
+    assert record["masked_fields"] == ["credential.token", "intent.context.authorization"]
+    assert record["intent"]["context"]["authorization"].startswith("Bearer [REDACTED:")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "logs.redact_text treats a bare `code` in free text as an error code (bare_code=False), "
-    "so aiohttp's record of an unparsable request line - its exception text holds the raw "
-    "line, query included - keeps `code=<approval code>` in the worker's log"))
 def test_an_approval_code_in_an_unparsable_request_line_stays_out_of_the_log() -> None:
+    """aiohttp logs an unparsable request line whole, query included: `?code=`/`&code=` is
+    redacted as a query parameter (a bare `code: 3` in free text stays readable)."""
     import io
     import logging
 

@@ -604,3 +604,23 @@ def test_decision_fields_of_a_deny_have_no_credential(keystore: KeyStore) -> Non
 def test_module_examples_run() -> None:
     assert doctest.testmod(gatepass.logs, raise_on_error=False).failed == 0
 
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("b'GET /approvals/a/r?as=sarah&code=DnSjXY3udq1kWYKx5tKQ_Q HTTP/1.1'",
+     "DnSjXY3udq1kWYKx5tKQ_Q"),
+    ("GET /approvals/a/r?code=DnSjXY3udq1kWYKx5tKQ_Q&as=sarah", "DnSjXY3udq1kWYKx5tKQ_Q"),
+])
+def test_a_code_query_parameter_is_redacted_in_free_text(text: str, secret: str) -> None:
+    from gatepass.logs import redact_text
+
+    out = redact_text(text)
+    assert secret not in out and "[REDACTED:code" in out
+
+
+@pytest.mark.parametrize("text", ["exit code=3", "process ended, code: 137",
+                                  "kafka error code=NOT_LEADER"])
+def test_a_bare_code_in_free_text_stays_readable(text: str) -> None:
+    from gatepass.logs import redact_text
+
+    assert redact_text(text) == text

@@ -431,6 +431,8 @@ def render_outcome(view: RequestView, outcome: Outcome, *, approve: bool, approv
 
 
 _ERRORS = {
+    400: ("Form not readable", "The form could not be read. Nothing was decided; open the "
+          "link from your notice again."),
     403: ("Link not valid",
           "This approval link is not valid here. Open the link from your notice again; "
           "if it still fails, ask for the request to be sent again."),
@@ -562,7 +564,10 @@ class _Pages:
             return self.error(413)
         if request.content_type != "application/x-www-form-urlencoded":
             return self.error(403)
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (UnicodeDecodeError, ValueError):  # not a form we can read: nothing decided
+            return self.error(400)
         csrf, choice = form.get("csrf"), form.get("decision")
         if not isinstance(csrf, str) or not csrf_valid(self.key(), session, csrf) \
                 or choice not in {"approve", "deny"}:

@@ -56,6 +56,7 @@ from gatepass.core.approval import (
 from gatepass.core.limits import Entry, Ledger, budget_keys
 from gatepass.credentials import IssuedPass, PassApproval, PassIssuer, PassRequest
 from gatepass.errors import DecodeError, GatepassError
+from gatepass.logs import redact_value
 from gatepass.policy.book import PolicyBook
 from gatepass.transport import partition_for
 
@@ -125,6 +126,19 @@ class BudgetOutcome:
     records: list[Outgoing] = field(default_factory=list)
     ledgers: dict[str, bytes] = field(default_factory=dict)
     refused: str | None = None  # the detail, when a reservation was refused here
+
+
+def _masked_context(context: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The intent's context for records: secret-named keys and recognisable secrets in any
+    value (passes, bearer tokens, keys) masked as the log redaction does; and which keys."""
+    out: dict[str, str] = {}
+    hidden: list[str] = []
+    for key, value in context.items():
+        shown = redact_value(key, value)
+        out[key] = shown if isinstance(shown, str) else str(shown)
+        if out[key] != value:
+            hidden.append(key)
+    return out, sorted(hidden)
 
 
 def _plain(amount: Decimal) -> Decimal:
@@ -246,9 +260,11 @@ class Pipeline:
                 approvers=policy.approval.approvers(result.facts.owner or ""),
                 requested_at=now, expires_at=now + self.settings.approval_timeout,
                 why=result.approval_why, policy_version=result.policy_version)
-            request = self.schemas.approval_request.encode(pending_to_record(
+            pending_record = pending_to_record(
                 pending, purpose=result.facts.purpose, department=result.facts.department,
-                facts=result.facts))
+                facts=result.facts)
+            pending_record["intent"]["context"] = _masked_context(intent.context)[0]
+            request = self.schemas.approval_request.encode(pending_record)
             approval_info = {"request_id": pending.request_id, "expires_at": pending.expires_at,
                              "why": list(pending.why), "approver": None, "decided_at": None,
                              "decision_id": None, "channel": None}
@@ -537,18 +553,23 @@ class Pipeline:
     def _decision_record(self, intent: Intent, result: DecisionResult, now: datetime,
                          issued: IssuedPass | None,
                          approval: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        # A secret an agent copies into its intent's context (an Authorization header, a
+        # pass) must not land in the audit trail: masked here, named in masked_fields.
+        recorded = intent_to_record(intent)
+        recorded["context"], hidden = _masked_context(intent.context)
+        masked = (list(_MASKED) if issued else []) + [f"intent.context.{k}" for k in hidden]
         credential = None
         if issued is not None:
             credential = {"credential_id": issued.credential_id, "token_sha256": issued.token_hash,
                           "kid": issued.kid, "issued_at": issued.issued_at,
                           "expires_at": issued.expires_at}
         return {
-            "decision_id": str(uuid.uuid4()), "intent": intent_to_record(intent),
+            "decision_id": str(uuid.uuid4()), "intent": recorded,
             "decision": result.decision.value, "reasons": [r.value for r in result.reasons],
             "detail": result.detail, "policy_version": result.policy_version,
             "policy_ids": list(result.policy_ids), "decided_at": now,
             "facts": facts_to_record(result.facts),
-            "credential": credential, "masked_fields": _MASKED if issued else [],
+            "credential": credential, "masked_fields": masked,
             "worker": self.worker, "approval": approval,
         }
 
