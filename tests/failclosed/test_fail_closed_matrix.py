@@ -610,17 +610,12 @@ def test_verdict_topic_unwritable_gives_no_answer_and_commits_nothing_until_it_i
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason=(
-    "the worker keeps deciding and answering while the audit topic refuses writes: the "
-    "agent gets its ALLOW verdict and pass at once, and only the commit waits (the "
-    "DeliveryGuard retries the audit record in faust's pre-commit flush; the fetcher blocks "
-    "only after broker_commit_every=1000 acked records). So up to ~1000 intents are answered "
-    "unrecorded; and, by the code (not tested here), if the worker dies before the topic is "
-    "writable again those audit records are never written: the redelivered intent is "
-    "answered from the `decided` changelog by Pipeline._replay, which re-sends the verdict "
-    "only."))
 def test_audit_topic_unwritable_stops_the_worker_from_deciding_unrecorded(
         stack: Any, registered: str) -> None:
+    """A verdict goes out only once its audit record is acknowledged (DeliveryGuard
+    .send_after): while the audit topic refuses, the agent gets no answer (its SDK gives up:
+    DENY sdk_timeout); once writable, the recorded decision and then its verdict arrive. A
+    redelivered intent re-sends its audit record too, in case the first never landed."""
     audit_topic = stack.settings.topics.audit
     _alter_max_bytes(stack.settings.bootstrap, audit_topic, UNWRITABLE_BYTES)
     try:
@@ -634,6 +629,12 @@ def test_audit_topic_unwritable_stops_the_worker_from_deciding_unrecorded(
             "the decision record")
     finally:
         _alter_max_bytes(stack.settings.bootstrap, audit_topic, None)
+    answered = _records_for(stack, stack.settings.topics.verdicts, SCHEMAS.verdict,
+                            sent.intent.intent_id, 30)
+    assert answered and {v["decision"] for v in answered} == {"ALLOW"}
+    audit = _records_for(stack, audit_topic, SCHEMAS.decision_record, sent.intent.intent_id, 5)
+    assert audit and {a["credential"]["credential_id"] for a in audit} == {
+        v["credential_id"] for v in answered}
 
 
 # ---- approval missing, expired, forged or for another intent -------------------------------

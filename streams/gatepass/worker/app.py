@@ -296,10 +296,24 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     metrics = rt.metrics
 
     async def send(records: list[Outgoing], source: str = "") -> None:
+        """Everything but the verdicts first; a verdict only once its decision's audit
+        record is acknowledged (fail closed: no answer goes out unrecorded)."""
+        audit: tuple[Outgoing, Any] | None = None
         for r in records:
             if r.topic == t.dead_letter:
                 metrics.dead_letters.labels(topic=source).inc()
-            await send_one(r)
+            if r.topic == t.verdicts:
+                continue
+            delivered = await send_one(r)
+            if r.topic == t.audit:
+                audit = (r, delivered)
+        for r in records:
+            if r.topic != t.verdicts:
+                continue
+            if audit is None:
+                await send_one(r)
+            else:
+                guard.send_after(r, *audit)
 
     async def queue(r: Outgoing) -> Any:
         return await app.producer.send(r.topic, r.key, r.value, r.partition, None, None)
@@ -316,7 +330,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             producer_flush.append(app.producer.flush)
             app.producer.flush = guard.flush  # type: ignore[method-assign]
 
-    async def send_one(r: Outgoing) -> None:
+    async def send_one(r: Outgoing) -> Any:
         """Retry until the record is queued: while the broker is away the agent waits.
 
         An exception here would crash the agent, and faust would resume it *after* the
@@ -328,8 +342,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         delay = 0.1
         while True:
             try:
-                await guard.send(r)
-                return
+                return await guard.send(r)
             except (KafkaError, ProducerSendError, TimeoutError) as exc:
                 log.warning("could not queue a record for %s (%s); retrying in %.1fs",
                             r.topic, type(exc).__name__, delay)

@@ -10,6 +10,10 @@ takes). So a commit never covers a record that is not on its topic.
 
 A resent record may be written twice (the first attempt may have landed after all): the
 copies are byte-identical, and every reader matches verdicts by intent id.
+
+`send_after` holds a record back until another one is acknowledged: a verdict goes out only
+once its audit record is on the audit topic, so an unwritable audit topic stops the answers
+(the agent's SDK gives up: DENY sdk_timeout) instead of letting decisions go unrecorded.
 """
 
 from __future__ import annotations
@@ -35,18 +39,46 @@ class DeliveryGuard:
         self._send = send  # queues one record, returns its delivery future
         self._flush = flush  # the producer's own flush
         self._tracked: list[tuple[Outgoing, Awaitable[Any]]] = []
+        self._held: set[asyncio.Future[None]] = set()
         self.max_backoff = max_backoff
         self.on_resend = on_resend
 
-    async def send(self, record: Outgoing) -> None:
-        self._tracked.append((record, await self._send(record)))
+    async def send(self, record: Outgoing) -> Awaitable[Any]:
+        fut = await self._send(record)
+        self._tracked.append((record, fut))
+        return fut
+
+    def send_after(self, record: Outgoing, first: Outgoing, delivered: Awaitable[Any]) -> None:
+        """Send `record` once `first` (already sent, `delivered` its future) is acknowledged;
+        `first` is written again for as long as it fails. A flush waits for both."""
+        task = asyncio.ensure_future(self._after(record, first, delivered))
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+
+    async def _after(self, record: Outgoing, first: Outgoing, delivered: Awaitable[Any]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await delivered
+                break
+            except Exception as exc:
+                log.warning("a record for %s was not acknowledged (%s); holding the record "
+                            "for %s until it is", first.topic, type(exc).__name__, record.topic)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                delivered = await self._resend(first)
+                self.on_resend(1)
+        self._tracked.append((record, await self._resend(record)))
 
     @property
     def in_flight(self) -> int:
-        return len(self._tracked)
+        return len(self._tracked) + len(self._held)
 
     async def flush(self) -> None:
-        """Return only once every record sent before the call is acknowledged."""
+        """Return only once every record sent before the call is acknowledged (records held
+        by `send_after` included: they are sent first)."""
+        while self._held:
+            await asyncio.gather(*list(self._held), return_exceptions=True)
         batch, self._tracked = self._tracked, []
         delay = 0.1
         while True:

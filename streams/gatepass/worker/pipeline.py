@@ -535,7 +535,13 @@ class Pipeline:
                       out.intent_id, exc.code if isinstance(exc, GatepassError)
                       else type(exc).__name__)
             return out
-        out.records.append(Outgoing(self.topics.verdicts, record["intent"]["agent_id"].encode(),
+        key = record["intent"]["agent_id"].encode()
+        # The audit record again first: the first answer's may never have been written (a
+        # crash after the decision, before the audit topic acknowledged it), and the verdict
+        # goes out only after its audit record (worker/delivery.py). Audit records are at
+        # least once; the decision id tells copies apart.
+        out.records.append(Outgoing(self.topics.audit, key, remembered, partition))
+        out.records.append(Outgoing(self.topics.verdicts, key,
                                     self._verdict_bytes(record, issued, ref), partition))
         out.decision, out.reasons = record["decision"], tuple(record["reasons"])
         return out

@@ -120,3 +120,39 @@ def test_an_error_in_the_producers_own_flush_propagates() -> None:
 
     with pytest.raises(RuntimeError):
         run(go())
+
+
+def test_a_held_record_goes_out_only_after_the_first_is_acknowledged() -> None:
+    """A verdict waits for its audit record: while the audit topic refuses, no verdict is
+    written; the flush returns once both are, audit first."""
+    async def go() -> FlakyProducer:
+        p = FlakyProducer(fail={"audit": 3})
+        g = DeliveryGuard(p.send, p.flush, max_backoff=0.01)
+        first = rec("audit", b"a1")
+        g.send_after(rec("verdicts", b"v1"), first, await g.send(first))
+        await asyncio.sleep(0.02)
+        assert b"v1" not in p.written  # the audit record still fails: no answer yet
+        await g.flush()
+        assert g.in_flight == 0
+        return p
+
+    p = run(go())
+    assert p.written.index(b"a1") < p.written.index(b"v1")
+    assert p.written.count(b"v1") == 1
+
+
+def test_a_flush_waits_for_held_records() -> None:
+    async def go() -> tuple[FlakyProducer, bool]:
+        p = FlakyProducer()
+        g = DeliveryGuard(p.send, p.flush)
+        slow: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        g.send_after(rec("verdicts", b"v1"), rec("audit", b"a1"), slow)
+        flushing = asyncio.ensure_future(g.flush())
+        await asyncio.sleep(0.01)
+        waiting = not flushing.done()
+        slow.set_result("ok")
+        await flushing
+        return p, waiting
+
+    p, waiting = run(go())
+    assert waiting and p.written == [b"v1"]
