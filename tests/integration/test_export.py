@@ -118,7 +118,7 @@ def test_every_line_is_a_cloudevent_with_an_ocsf_body_of_its_class(stack: Stack,
     assert body["actor"]["app_uid"] == story.agent
     assert body["actor"]["user"]["uid"] == story.owner
     (grant,) = body["actor"]["authorizations"]
-    assert grant["decision"] == "Deny" and grant["policy"]["version"].startswith("scope-")
+    assert grant["decision"] == "Deny" and grant["policy"]["version"].startswith("cedar-")
     findings = [e for e in events if e["type"] == "dev.gatepass.v1.orphan_alert"
                 and e["subject"] == story.agent]
     assert findings, "no finding for the offboarded owner's agent"

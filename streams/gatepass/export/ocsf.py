@@ -102,8 +102,8 @@ _CONFIDENCE = {0: "Unknown", 1: "Low", 2: "Medium", 3: "High"}
 _REASON_SEVERITY = {
     "owner_inactive": 3, "agent_inactive": 3, "unregistered_agent": 3, "delegation_denied": 3,
     "intent_signature_invalid": 3,
-    "out_of_scope": 2, "invalid_intent": 2, "stale_intent": 2,
-    "state_not_ready": 1, "internal_error": 1,
+    "out_of_scope": 2, "invalid_intent": 2, "stale_intent": 2, "limit_exceeded": 2,
+    "state_not_ready": 1, "internal_error": 1, "policy_error": 1,
 }
 # Reasons decided before the policy is looked at: its content was not applied.
 _BEFORE_POLICY = {"invalid_intent", "stale_intent", "state_not_ready", "internal_error",
@@ -151,7 +151,9 @@ def denial_to_ocsf(record: Mapping[str, Any], *,
         "decision": "Deny",
         "policy": {"name": "Gatepass policy", "uid": policy_version, "version": policy_version,
                    "is_applied": not _BEFORE_POLICY.intersection(reasons),
-                   "desc": "denied: " + ", ".join(reasons)},
+                   "desc": "denied: " + ", ".join(reasons) + (
+                       " by " + ", ".join(str(p) for p in record.get("policy_ids") or ())
+                       if record.get("policy_ids") else "")},
     }]
     event: dict[str, Any] = {
         "class_uid": API_ACTIVITY_CLASS_UID, "class_name": "API Activity",
@@ -343,6 +345,7 @@ def _denial_unmapped(record: Mapping[str, Any], intent: Mapping[str, Any],
         "decision_id": record.get("decision_id"), "intent_id": intent.get("intent_id"),
         "decision": "DENY", "reasons": reasons, "detail": detail,
         "policy_version": policy_version,
+        "policy_ids": [str(p) for p in record.get("policy_ids") or ()],
         "amount": None if amount is None else _decimal(amount),
         "currency": intent.get("currency"),
         "requested_at": _ms_or_none(intent.get("requested_at"), "requested_at"),

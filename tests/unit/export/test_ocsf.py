@@ -442,3 +442,22 @@ def test_the_cli_parses_export_ocsf_with_its_defaults() -> None:
     assert (ns.source, ns.follow, ns.max, ns.to_topic) == ("orphans", True, 3, True)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["export", "ocsf", "--from", "audit"])
+
+
+def test_a_denial_names_the_cedar_policies_that_decided() -> None:
+    case = json.loads((Path(__file__).parent / "cases" / "denial_out_of_scope.json")
+                      .read_text())
+    record = {**case["record"], "policy_ids": ["freeze.orders"]}
+    ocsf, _ = export("denial", record)
+    policy = ocsf["actor"]["authorizations"][0]["policy"]
+    assert policy["desc"] == "denied: out_of_scope by freeze.orders"
+    assert ocsf["unmapped"]["policy_ids"] == ["freeze.orders"]
+    assert ocsf_problems(ocsf) == []
+
+
+@pytest.mark.parametrize(("reason", "severity"), [("limit_exceeded", 2), ("policy_error", 1)])
+def test_policy_reasons_have_a_severity(reason: str, severity: int) -> None:
+    case = json.loads((Path(__file__).parent / "cases" / "denial_out_of_scope.json")
+                      .read_text())
+    ocsf, _ = export("denial", {**case["record"], "reasons": [reason]})
+    assert ocsf["severity_id"] == severity
