@@ -314,14 +314,19 @@ def genuinely_allowed(intent: Intent, key: bytes | None, partition: int,
             return False
         if not identity.owner_active(agent.owner):
             return False
-        if POLICY.check(agent.purpose, intent.action, intent.amount, intent.currency):
+        owner = identity.principal(agent.owner, NOW) if agent.owner else None
+        scope = POLICY.check(agent, owner, intent)[0]
+        if scope.failed or not scope.allowed:
             return False
     return True
 
 
 def needs_approval(intent: Intent, identity: IdentityState) -> bool:
     agent = identity.agent(intent.agent_id)
-    return agent is not None and bool(POLICY.approval.why(agent.purpose, intent))
+    if agent is None:
+        return False
+    owner = identity.principal(agent.owner, NOW) if agent.owner else None
+    return POLICY.check(agent, owner, intent)[1].allowed
 
 
 def assert_pass_covers(token: str, intent: Intent, keystore: KeyStore) -> None:

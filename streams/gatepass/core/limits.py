@@ -244,6 +244,8 @@ class Ledger:
         existing = self.find(intent_id)
         if existing is not None:
             return self, ("already released" if existing.released else None)
+        if amount is not None and (not amount.is_finite() or amount < 0):
+            return self, "the amount must be a finite amount >= 0"
         scope = self.key.split(":", 1)[0]
         for rule in rules:
             if rule.scope != scope or not rule.applies(action):

@@ -99,7 +99,7 @@ class PolicyBook:
     def _in_force(self, at: datetime) -> CedarPolicy:
         # The newest activation at or before `at` whose bundle loaded; a refused bundle's
         # activation is passed over and the last good policy keeps deciding.
-        index = bisect.bisect_right(self._activations, Activation(at, "\U0010ffff", ""))
+        index = bisect.bisect_right([a.effective_at for a in self._activations], at)
         for activation in reversed(self._activations[:index]):
             policy = self._bundles.get(activation.version)
             if policy is not None:

@@ -49,7 +49,7 @@ from gatepass.worker.delivery import DeliveryGuard
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.lifecycle_fanout import LifecycleFanout
-from gatepass.worker.memo import ApprovalTimer, ExpiryIndex, OffsetTracker
+from gatepass.worker.memo import ApprovalTimer, AuditedIndex, ExpiryIndex, OffsetTracker
 from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
 from gatepass.worker.pipeline import Outgoing, Pipeline
 from gatepass.worker.policy_loader import PolicyLoader
@@ -202,6 +202,13 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             return theirs
         return theirs if b > a else mine
 
+    # Intents whose audit record this worker saw acknowledged (or read back): a redelivery
+    # of one of them does not write its audit record again.
+    audited = AuditedIndex()
+
+    def audited_in(partition: int) -> Any:
+        return audited.view(partition, recovered.decided.get(partition, {}))
+
     def decided_in(partition: int) -> Mapping[str, bytes]:
         return Overlay(decided_view, recovered.decided.get(partition, {}), prefer_final)
 
@@ -295,9 +302,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     metrics = rt.metrics
 
-    async def send(records: list[Outgoing], source: str = "") -> None:
+    async def send(records: list[Outgoing], source: str = "") -> Any:
         """Everything but the verdicts first; a verdict only once its decision's audit
-        record is acknowledged (fail closed: no answer goes out unrecorded)."""
+        record is acknowledged (fail closed: no answer goes out unrecorded). Returns the
+        audit record's delivery future, if there was one."""
         audit: tuple[Outgoing, Any] | None = None
         for r in records:
             if r.topic == t.dead_letter:
@@ -314,6 +322,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 await send_one(r)
             else:
                 guard.send_after(r, *audit)
+        return audit[1] if audit is not None else None
 
     async def queue(r: Outgoing) -> Any:
         return await app.producer.send(r.topic, r.key, r.value, r.partition, None, None)
@@ -363,7 +372,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             await rt.policy_loader.wait_until_known(appended_at, POLICY_WAIT_SECONDS)
         out = rt.pipeline.on_intent(key, value, partition=partition, offset=offset,
                                     memo=decided_in(partition), appended_at=appended_at,
-                                    ledgers=ledgers_view, holds=holds_view)
+                                    ledgers=ledgers_view, holds=holds_view,
+                                    audited=audited_in(partition))
         write_ledgers(out.ledgers)
         if out.hold is not None:
             hold_key = out.hold[0].encode()
@@ -381,7 +391,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         for old in expiry.due(partition, time.time()):
             if old in decided:
                 del decided[old]  # a tombstone in this partition's changelog
-        await send(out.records, t.intents)
+        delivered = await send(out.records, t.intents)
+        if delivered is not None and out.intent_id is not None:
+            audited.note(partition, out.intent_id, delivered)
         if out.record is not None:
             log.info("decision", extra=decision_log_fields(out.record))
         if out.duplicate:
@@ -561,6 +573,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             if tp.topic == t.budget_replies:
                 held.forget_partition(tp.partition)
             if tp.topic == t.intents:
+                audited.forget(tp.partition)
                 gates.pop(tp.partition, None)  # read back again if it comes back
                 recovered.forget(tp.partition)
                 offsets.forget(tp.partition)

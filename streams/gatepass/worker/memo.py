@@ -11,7 +11,8 @@ the clock on live writes, so nothing has to be decoded to expire it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
+from typing import Any
 
 __all__ = ["ApprovalTimer", "ExpiryIndex", "OffsetTracker"]
 
@@ -116,3 +117,40 @@ class OffsetTracker:
 
     def done(self, partition: int, offset: int) -> None:
         self._next[partition] = max(self._next.get(partition, 0), offset + 1)
+
+
+class AuditedIndex:
+    """Per partition, the intents whose audit record is known to be on the audit topic: the
+    worker saw it acknowledged, or read it back when it took the partition. Bounded (the
+    oldest are forgotten first: a redelivery of a forgotten one writes a harmless copy)."""
+
+    def __init__(self, *, max_per_partition: int = 200_000) -> None:
+        self.max = max_per_partition
+        self._seen: dict[int, dict[str, None]] = {}
+
+    def note(self, partition: int, intent_id: str, delivered: Any) -> None:
+        """Remember `intent_id` once its audit record's delivery future succeeds."""
+        def done(fut: Any) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                seen = self._seen.setdefault(partition, {})
+                seen[intent_id] = None
+                if len(seen) > self.max:
+                    del seen[next(iter(seen))]
+        if hasattr(delivered, "add_done_callback"):
+            delivered.add_done_callback(done)
+
+    def view(self, partition: int, read_back: Container[str]) -> Container[str]:
+        return _Either(self._seen.get(partition, {}), read_back)
+
+    def forget(self, partition: int) -> None:
+        self._seen.pop(partition, None)
+
+
+class _Either:
+    __slots__ = ("_a", "_b")
+
+    def __init__(self, a: Container[str], b: Container[str]) -> None:
+        self._a, self._b = a, b
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._a or item in self._b

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -53,7 +53,7 @@ from gatepass.core.approval import (
     judge,
     judge_timeout,
 )
-from gatepass.core.limits import Entry, Ledger, budget_keys
+from gatepass.core.limits import MAX_WINDOW, Entry, Ledger, budget_keys
 from gatepass.credentials import IssuedPass, PassApproval, PassIssuer, PassRequest
 from gatepass.errors import DecodeError, GatepassError
 from gatepass.logs import redact_value
@@ -183,9 +183,11 @@ class Pipeline:
                   memo: Mapping[str, bytes],
                   appended_at: datetime | None = None,
                   ledgers: Mapping[str, bytes] | None = None,
-                  holds: Mapping[str, bytes] | None = None) -> IntentOutcome:
+                  holds: Mapping[str, bytes] | None = None,
+                  audited: Container[str] = ()) -> IntentOutcome:
         """`appended_at`: the intent record's broker append time, which picks the policy
-        (see gatepass.policy.book); None: the decision time."""
+        (see gatepass.policy.book); None: the decision time. `audited`: intents whose audit
+        record is known to be on the audit topic (a redelivery of any other re-sends it)."""
         now = _now_ms(self.clock)
         try:
             intent = intent_from_record(self.schemas.intent.decode(value))
@@ -195,7 +197,8 @@ class Pipeline:
         out = IntentOutcome(intent_id=intent.intent_id)
         remembered = memo.get(intent.intent_id)
         if remembered is not None:
-            return self._replay(remembered, partition, out)
+            return self._replay(remembered, partition, out,
+                                resend_audit=intent.intent_id not in audited)
         if holds is not None and holds.get(intent.intent_id) is not None:
             out.duplicate = True  # waiting for its budgets: the reply answers it, once
             return out
@@ -390,9 +393,34 @@ class Pipeline:
                     partition != partition_for(msg["key"], self.settings.partitions):
                 raise ValueError("a budget request must be keyed by its budget key and sit "
                                  "on that key's partition")
+            self._check_budget_message(msg, now)
         except (GatepassError, KeyError, ValueError, TypeError) as exc:
             return BudgetOutcome(records=[self.dead_letter(
                 self.topics.budget_requests, partition, offset, key, value, exc, now)])
+        try:
+            return self._apply_budget(msg, now, ledgers)
+        except Exception as exc:  # nothing a record holds may stop the agent
+            log.error("budget request for intent %s not applied: %s", msg["intent_id"],
+                      type(exc).__name__)
+            return BudgetOutcome(records=[self.dead_letter(
+                self.topics.budget_requests, partition, offset, key, value, exc, now)])
+
+    def _check_budget_message(self, msg: Mapping[str, Any], now: datetime) -> None:
+        """What no worker writes: refused before it can touch a ledger."""
+        if not now - MAX_WINDOW - timedelta(days=2) <= msg["at"] <= now + timedelta(days=1):
+            raise ValueError("the intent time is not a time a worker decided at")
+        amount = msg["amount"]
+        if amount is not None and (not amount.is_finite() or amount < 0
+                                   or amount >= Decimal("100000000000000")):
+            raise ValueError("the amount must be a finite, non-negative amount below 1e14")
+        if (amount is None) != (msg["currency"] is None):
+            raise ValueError("an amount needs its currency, and only an amount has one")
+        reply = msg["reply_partition"]
+        if reply != partition_for(msg["agent_id"], self.settings.partitions):
+            raise ValueError("the reply partition must be the agent's partition")
+
+    def _apply_budget(self, msg: Mapping[str, Any], now: datetime,
+                      ledgers: Mapping[str, bytes]) -> BudgetOutcome:
         out = BudgetOutcome()
         budget = msg["key"]
         policy = self.book.by_version(msg["policy_version"]) or self.book.current(now)
@@ -473,6 +501,10 @@ class Pipeline:
         hold = self.schemas.budget_hold.decode(raw)
         record = self.schemas.decision_record.decode(hold["record"])
         intent = intent_from_record(record["intent"])
+        if intent.agent_id != msg["agent_id"]:
+            return IntentOutcome(records=[self.dead_letter(
+                self.topics.budget_replies, partition, offset, key, value,
+                ValueError("the reply names another agent's intent"), now)])
         result = DecisionResult(
             decision=Decision(record["decision"]),
             reasons=tuple(Reason(r) for r in record["reasons"]),
@@ -501,7 +533,8 @@ class Pipeline:
                     "produce with Kafka's murmur2 partitioner")
         return None
 
-    def _replay(self, remembered: bytes, partition: int, out: IntentOutcome) -> IntentOutcome:
+    def _replay(self, remembered: bytes, partition: int, out: IntentOutcome, *,
+                resend_audit: bool = False) -> IntentOutcome:
         """Answer a redelivered intent with the verdict it already got (same credential id).
 
         If that verdict cannot be reproduced exactly (the record is unreadable, or its pass
@@ -536,11 +569,11 @@ class Pipeline:
                       else type(exc).__name__)
             return out
         key = record["intent"]["agent_id"].encode()
-        # The audit record again first: the first answer's may never have been written (a
-        # crash after the decision, before the audit topic acknowledged it), and the verdict
-        # goes out only after its audit record (worker/delivery.py). Audit records are at
-        # least once; the decision id tells copies apart.
-        out.records.append(Outgoing(self.topics.audit, key, remembered, partition))
+        if resend_audit:
+            # The audit record again first, when it is not known to be written (a crash after
+            # the decision, before the audit topic acknowledged it): the verdict goes out only
+            # after it (worker/delivery.py). A copy has the same decision id.
+            out.records.append(Outgoing(self.topics.audit, key, remembered, partition))
         out.records.append(Outgoing(self.topics.verdicts, key,
                                     self._verdict_bytes(record, issued, ref), partition))
         out.decision, out.reasons = record["decision"], tuple(record["reasons"])

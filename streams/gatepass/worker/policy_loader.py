@@ -74,9 +74,13 @@ class PolicyLoader:
             await consumer.stop()
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
-        before = set(self.history.bundles), set(self.history.activations)
+        before = dict(self.history.bundles), set(self.history.activations)
         apply_record(self.history, self.schemas, key, value)
-        for version in set(self.history.bundles) - before[0]:
+        # New versions, and a version written again with other files after it was refused
+        # (a genuine push may follow a broken record of the same name).
+        fresh = {v for v, files in self.history.bundles.items()
+                 if before[0].get(v) != files and self.book.by_version(v) is None}
+        for version in sorted(fresh):
             try:
                 policy = CedarPolicy.from_files(self.history.bundles[version])
             except PolicyError as exc:
@@ -92,6 +96,7 @@ class PolicyLoader:
                           policy.version)
                 continue
             self.book.add_bundle(policy)
+            self.book.refused.pop(version, None)
             log.info("policy %s loaded", version)
         for activation in set(self.history.activations) - before[1]:
             self.book.add_activation(activation)

@@ -62,3 +62,32 @@ def test_tracker_reports_offsets_skipped_since_the_committed_one() -> None:
     assert t.missing(2, 10) is None  # partitions are separate
     t.forget(1)
     assert t.missing(1, 10_000) is None
+
+
+def test_audited_index_notes_an_intent_once_its_audit_record_is_acknowledged() -> None:
+    import asyncio
+
+    from gatepass.worker.memo import AuditedIndex
+
+    async def go() -> None:
+        index = AuditedIndex(max_per_partition=2)
+        loop = asyncio.get_running_loop()
+        ok, failed = loop.create_future(), loop.create_future()
+        index.note(1, "i-1", ok)
+        index.note(1, "i-2", failed)
+        assert "i-1" not in index.view(1, {})  # not yet acknowledged
+        ok.set_result("ok")
+        failed.set_exception(ConnectionError("gone"))
+        await asyncio.sleep(0)
+        assert "i-1" in index.view(1, {}) and "i-2" not in index.view(1, {})
+        assert "i-9" in index.view(1, {"i-9": b""})  # read back from the topic
+        for n in range(3, 6):  # bounded: the oldest go first
+            fut = loop.create_future()
+            fut.set_result("ok")
+            index.note(1, f"i-{n}", fut)
+        await asyncio.sleep(0)
+        assert "i-1" not in index.view(1, {}) and "i-5" in index.view(1, {})
+        index.forget(1)
+        assert "i-5" not in index.view(1, {})
+
+    asyncio.run(go())

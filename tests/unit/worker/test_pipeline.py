@@ -295,11 +295,16 @@ def test_memo_hit_re_emits_the_same_verdict_with_a_byte_identical_pass(rig: Rig)
     memo[first.remember[0]] = first.remember[1]
     rig.clock.now = NOW + timedelta(seconds=40)  # redelivered later, e.g. after a rebalance
     again = send_intent(rig, memo=memo, offset=8)
-    # The same audit record again (byte-identical: one decision id), then the verdict: the
-    # first audit record may never have been written if the worker died before its ack.
+    # Its audit record is not known to be written (the worker may have died before the
+    # ack): the same record again (byte-identical: one decision id), then the verdict.
     assert [r.topic for r in again.records] == [TOPICS.audit, TOPICS.verdicts]
     assert only(again.records, TOPICS.audit).value == first.remember[1]
     assert again.remember is None and again.duplicate is True
+    # Known to be on the audit topic: the verdict alone.
+    known = rig.pipeline.on_intent(b"procure-bot", intent_bytes(),
+                                   partition=partition_for("procure-bot", N), offset=9,
+                                   memo=memo, audited={INTENT_ID})
+    assert [r.topic for r in known.records] == [TOPICS.verdicts]
     assert (again.decision, again.reasons) == (first.decision, first.reasons)
     v1, v2 = verdict_of(first), verdict_of(again)
     assert v2["credential"] == v1["credential"]  # Ed25519 is deterministic
