@@ -51,7 +51,7 @@ from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.lifecycle_fanout import LifecycleFanout
 from gatepass.worker.memo import ApprovalTimer, AuditedIndex, ExpiryIndex, OffsetTracker
 from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
-from gatepass.worker.pipeline import Outgoing, Pipeline
+from gatepass.worker.pipeline import IntentOutcome, Outgoing, Pipeline
 from gatepass.worker.policy_loader import PolicyLoader
 from gatepass.worker.readback import Overlay, Recovered, read_back, read_range
 
@@ -300,6 +300,17 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         for budget, value in updates.items():
             ledgers[budget.encode()] = value
 
+    def keep_answer(out: IntentOutcome, partition: int, agent: bytes | None) -> None:
+        """The decision in the `decided` table; a PENDING request in `pending-approvals`."""
+        if out.remember is not None:
+            memo_key = out.remember[0].encode()
+            decided[memo_key] = out.remember[1]
+            expiry.add(partition, memo_key, time.time())
+        if out.pending is not None and out.expires_at is not None:
+            memo_key = out.pending[0].encode()
+            pending[memo_key] = out.pending[1]
+            due.add(memo_key, out.expires_at.timestamp(), (agent or b"").decode(), partition)
+
     metrics = rt.metrics
 
     async def send(records: list[Outgoing], source: str = "") -> Any:
@@ -380,14 +391,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             holds[hold_key] = out.hold[1]
             held.add(hold_key, time.time() + BUDGET_WAIT_SECONDS, (key or b"").decode(),
                      partition)
-        if out.remember is not None:
-            memo_key = out.remember[0].encode()
-            decided[memo_key] = out.remember[1]
-            expiry.add(partition, memo_key, time.time())
-        if out.pending is not None and out.expires_at is not None:
-            memo_key = out.pending[0].encode()
-            pending[memo_key] = out.pending[1]
-            due.add(memo_key, out.expires_at.timestamp(), (key or b"").decode(), partition)
+        keep_answer(out, partition, key)
         for old in expiry.due(partition, time.time()):
             if old in decided:
                 del decided[old]  # a tombstone in this partition's changelog
@@ -494,15 +498,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                                               decided=decided_in(msg.partition),
                                               ledgers=ledgers_view)
             write_ledgers(out.ledgers)
-            if out.remember is not None:
-                memo_key = out.remember[0].encode()
-                decided[memo_key] = out.remember[1]
-                expiry.add(msg.partition, memo_key, time.time())
-            if out.pending is not None and out.expires_at is not None:
-                memo_key = out.pending[0].encode()
-                pending[memo_key] = out.pending[1]
-                due.add(memo_key, out.expires_at.timestamp(), (msg.key or b"").decode(),
-                        msg.partition)
+            keep_answer(out, msg.partition, msg.key)
             if out.unhold is not None:
                 hold_key = out.unhold.encode()
                 if hold_key in holds:
