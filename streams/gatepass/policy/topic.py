@@ -136,7 +136,9 @@ def push(settings: Settings, schemas: SchemaSet, policy: CedarPolicy, *,
     pushed_by = pushed_by or who()
     activation = Activation(now + delay, str(uuid.uuid4()), policy.version)
     records: list[tuple[bytes, bytes]] = []
-    if policy.version not in history.bundles:
+    if history.bundles.get(policy.version) != dict(policy.files):
+        # New, or on the topic under its name with other files (a broken record that
+        # workers refused): written, so workers load the genuine one.
         records.append((f"bundle:{policy.version}".encode(), schemas.policy_bundle.encode({
             "version": policy.version, "files": dict(policy.files), "pushed_at": now,
             "pushed_by": pushed_by})))
