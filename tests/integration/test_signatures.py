@@ -142,7 +142,7 @@ def test_the_command_line_registers_a_key_signs_and_verifies_with_a_proof(
         principal_id=owner, status=PrincipalStatus.ACTIVE, event_time=datetime.now(UTC),
         source="test"))
     run = cli(stack.settings, "register-agent", agent, "--owner", owner, "--purpose",
-              "procurement", "--public-key", agent_public_key(key))
+              "procurement", f"--public-key={agent_public_key(key)}")
     assert run.returncode == 0, run.stderr
     assert "signed intents" in run.stdout
 

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--created-by")
     r.add_argument("--public-key", type=_public_key, metavar="X",
                    help="the agent's Ed25519 public key (OKP JWK x, base64url): its intents "
-                        "must then be signed and its passes are bound to it")
+                        "must then be signed and its passes are bound to it; write "
+                        "--public-key=X (a key may start with '-')")
 
     pr = sub.add_parser("principal", help="set a principal's status (e.g. offboard someone)")
     pr.add_argument("principal")
