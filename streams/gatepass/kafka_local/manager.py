@@ -420,7 +420,16 @@ class LocalKafka:
         return int(text) if text.isdigit() and int(text) > 0 else None
 
     def _is_our_broker(self, pid: int) -> bool:
-        """True if `pid` is alive and is the kafka.Kafka process reading our config file."""
+        """True if `pid` is alive and is the kafka.Kafka process reading our config file.
+
+        A broker this process started is known by its handle: alive is enough. Its command
+        line in /proc was seen to read back without the main class while the JVM went on
+        starting; up() then took the broker for dead, dropped its pid file and left it
+        running untracked (and a caller cleaning up removed the data under it).
+        """
+        process = _STARTED.get(pid)
+        if process is not None and process.poll() is None:
+            return True
         command = _live_command_line(pid)
         return (
             command is not None
@@ -516,10 +525,14 @@ def _live_command_line(pid: int) -> str | None:
     proc = Path("/proc") / str(pid)
     if Path("/proc/self").is_dir():
         try:
-            stat = (proc / "stat").read_text()
-            if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-                return None
-            return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            for attempt in range(3):
+                stat = (proc / "stat").read_text()
+                if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+                    return None
+                cmdline = (proc / "cmdline").read_bytes()
+                if cmdline or attempt == 2:
+                    return cmdline.replace(b"\0", b" ").decode(errors="replace")
+                time.sleep(0.02)  # a live process reads back empty only in passing
         except (FileNotFoundError, ProcessLookupError, IndexError):
             return None
     # No procfs (macOS): ask ps.

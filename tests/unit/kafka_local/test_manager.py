@@ -391,3 +391,29 @@ def test_storage_is_formatted_only_once(
 
     assert (kafka.data_dir / "meta.properties").read_text() == "cluster.id=kept\n"
     assert not (tmp_path / "storage-tool-runs").exists()
+
+
+def test_a_starting_broker_whose_command_line_reads_back_empty_is_still_ours(
+    kafka: LocalKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen in the fault suite: /proc/<pid>/cmdline of a starting JVM read back without the
+    # main class; up() took the live broker for dead, dropped its pid file and left it
+    # running untracked. The process up() started is known by its handle instead.
+    import gatepass.kafka_local.manager as manager
+
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    child_pid_file = tmp_path / "child.pid"
+    _fake_cache(kafka)
+    _fake_java(
+        tmp_path,
+        monkeypatch,
+        f'{sleep} 60 & echo $! > "{child_pid_file}"; wait',
+    )
+    monkeypatch.setattr(manager, "_live_command_line", lambda pid: None)
+
+    with pytest.raises(BrokerError, match=r"did not answer within 1 s; it was stopped"):
+        kafka.up(timeout=1)
+
+    assert not kafka.pid_file.exists()
+    assert _gone_soon(int(child_pid_file.read_text())), "the started broker must be stopped"
