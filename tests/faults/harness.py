@@ -41,28 +41,33 @@ AUDIENCE = "procurement-api"
 # -- the broker this suite owns --------------------------------------------------------------
 
 class FaultBroker:
-    """A LocalKafka on free ports in a temporary home (jars from the shared cache)."""
+    """A LocalKafka on free ports in a temporary home (jars from the shared cache).
+
+    Every broker process it starts is remembered, so close() stops each one by its process
+    group whatever the pid file says, and removes the data only once none of them is left
+    (a data directory removed under a live broker makes it halt: "all log dirs failed").
+    """
 
     def __init__(self, home: Path) -> None:
         port, controller_port = free_ports(2)
         self.kafka = LocalKafka(home=home, port=port, controller_port=controller_port,
                                 heap="512m", dist_dir=gatepass_home() / "dist")
+        self.pids: list[int] = []
 
     @property
     def bootstrap(self) -> str:
         return self.kafka.bootstrap
 
     def up(self) -> None:
-        self.kafka.up(timeout=120)
+        status = self.kafka.up(timeout=120)
+        if status.pid is not None and status.pid not in self.pids:
+            self.pids.append(status.pid)
 
     def hard_kill(self) -> None:
         """SIGKILL the broker's process group (no controlled shutdown) and wait until gone."""
         pid = self.kafka.status().pid
         assert pid is not None, "fault broker not running"
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)  # it is our child: reap it so no zombie is left
+        _kill_group(pid)
 
     def clean_restart(self) -> None:
         assert self.kafka.down(timeout=60), "fault broker was not running"
@@ -72,9 +77,33 @@ class FaultBroker:
         try:
             self.kafka.down(timeout=30)
         finally:
-            # The data goes; the broker's logs stay with the test's tmp_path for a post-mortem
-            # (a broker that would not come back after a clean restart was seen once).
-            shutil.rmtree(self.kafka.data_dir, ignore_errors=True)
+            for pid in self.pids:
+                if self._runs_here(pid):
+                    _kill_group(pid)  # a broker the pid file lost track of, if any
+            alive = [pid for pid in self.pids if self._runs_here(pid)]
+            if alive:
+                KAFKA_LOG.error("fault broker processes %s survived SIGKILL; its data in %s "
+                                "is kept", alive, self.kafka.data_dir)
+            else:
+                # The data goes; the broker's logs stay with the test's tmp_path.
+                shutil.rmtree(self.kafka.data_dir, ignore_errors=True)
+
+    def _runs_here(self, pid: int) -> bool:
+        """Whether `pid` is still a live broker process of this home (not a reused pid)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        zombie = stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+        return not zombie and str(self.kafka.config_file).encode() in cmdline
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)  # our child: reap it so no zombie is left
 
 
 # -- workers -----------------------------------------------------------------------------------
