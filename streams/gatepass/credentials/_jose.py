@@ -7,6 +7,7 @@ canonical on output, so the same inputs always give the same bytes.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -50,10 +51,17 @@ def b64url_decode(text: str) -> bytes:
     """
     if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not unpadded base64url")
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if b64url_encode(data) != text:
+    # The last character of a 2- or 3-character tail carries 4 or 2 bits beyond the data;
+    # canonical means they are zero (the same test as re-encoding, without the encode).
+    spare = _SPARE_BITS[len(text) % 4]
+    if spare and _B64URL_VALUE[text[-1]] & spare:
         raise ValueError("non-canonical base64url")
-    return data
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_B64URL_VALUE = {c: i for i, c in enumerate(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+_SPARE_BITS = {0: 0, 2: 0b1111, 3: 0b11}
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -70,14 +78,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: json.loads with hooks builds a new decoder on every call.
+_STRICT = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+
+
 def loads_strict(data: bytes) -> Any:
     """Parse UTF-8 JSON, refusing duplicate member names and NaN/Infinity; errors are ValueError."""
     try:
-        return json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-        )
+        return _STRICT.decode(data.decode("utf-8"))
     except RecursionError:  # "[[[[..." deep enough to exhaust the parser's stack
         raise ValueError("JSON nested too deeply") from None
 
@@ -123,6 +131,18 @@ def scope_hash(action: str, resource: str, amount: Decimal | None, currency: str
         raise TypeError("action and resource must be str")
     if currency is not None and not isinstance(currency, str):
         raise TypeError("currency must be a str or None")
+    if amount is not None:
+        if not isinstance(amount, Decimal):
+            raise TypeError(f"amount must be a Decimal, not {type(amount).__name__}")
+        if not amount.is_finite():
+            raise ValueError("amount must be finite")
+    return _scope_hash(action, resource, amount, currency)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _scope_hash(action: str, resource: str, amount: Decimal | None, currency: str | None) -> str:
+    # Cached: issuer and verifier see the same few scopes again and again. Equal amounts
+    # (120 and 120.00) share an entry, rightly: their scope is the same.
     scope = {
         "action": action,
         "resource": resource,
