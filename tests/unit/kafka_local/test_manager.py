@@ -343,15 +343,7 @@ def test_small_heap_lowers_the_initial_heap_too(
 def test_broker_that_never_answers_is_stopped_after_the_timeout(
     kafka: LocalKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sleep = shutil.which("sleep")
-    assert sleep is not None
-    child_pid_file = tmp_path / "child.pid"
-    _fake_cache(kafka)
-    _fake_java(
-        tmp_path,
-        monkeypatch,
-        f'echo "still starting..."; {sleep} 60 & echo $! > "{child_pid_file}"; wait',
-    )
+    child_pid_file = _fake_silent_broker(kafka, tmp_path, monkeypatch)
 
     with pytest.raises(
         BrokerError, match=r"did not answer within 0\.5 s; it was stopped"
@@ -363,6 +355,22 @@ def test_broker_that_never_answers_is_stopped_after_the_timeout(
     assert kafka.down() is False
     child = int(child_pid_file.read_text())
     assert _gone_soon(child), "the broker's whole process group must be stopped"
+
+
+def _fake_silent_broker(kafka: LocalKafka, tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `java` whose broker prints a line and runs a child that never listens; returns the
+    file that will hold the child's pid."""
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    child_pid_file = tmp_path / "child.pid"
+    _fake_cache(kafka)
+    _fake_java(
+        tmp_path,
+        monkeypatch,
+        f'echo "still starting..."; {sleep} 60 & echo $! > "{child_pid_file}"; wait',
+    )
+    return child_pid_file
 
 
 def _gone_soon(pid: int, timeout: float = 5) -> bool:
@@ -401,15 +409,7 @@ def test_a_starting_broker_whose_command_line_reads_back_empty_is_still_ours(
     # running untracked. The process up() started is known by its handle instead.
     import gatepass.kafka_local.manager as manager
 
-    sleep = shutil.which("sleep")
-    assert sleep is not None
-    child_pid_file = tmp_path / "child.pid"
-    _fake_cache(kafka)
-    _fake_java(
-        tmp_path,
-        monkeypatch,
-        f'{sleep} 60 & echo $! > "{child_pid_file}"; wait',
-    )
+    child_pid_file = _fake_silent_broker(kafka, tmp_path, monkeypatch)
     monkeypatch.setattr(manager, "_live_command_line", lambda pid: None)
 
     with pytest.raises(BrokerError, match=r"did not answer within 1 s; it was stopped"):
