@@ -26,6 +26,7 @@ from gatepass.codec.records import intent_from_record
 from gatepass.config import Settings
 from gatepass.core.approval import approval_code
 from gatepass.errors import GatepassError
+from gatepass.transport.offsets import commit_or_warn
 
 __all__ = ["NoticeDispatcher", "approval_link", "notices_for"]
 
@@ -110,7 +111,7 @@ class NoticeDispatcher:
                 for messages in batch.values():
                     await asyncio.gather(*(self.handle(m.value) for m in messages))
                 if batch:
-                    await consumer.commit()
+                    await commit_or_warn(consumer, log, "approval notices")
         finally:
             await consumer.stop()
             for channel in self.channels:

@@ -1,4 +1,4 @@
-"""Offset look-ups that survive a topic's first moments.
+"""Offset look-ups that survive a topic's first moments, and commits that survive rebalances.
 
 A partition created a moment ago can answer NOT_LEADER_FOR_PARTITION until its leader
 serves; librdkafka does not mark that retriable, so every reader that starts "at the end"
@@ -7,13 +7,16 @@ or "up to the end" goes through here.
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
+from aiokafka.errors import KafkaError
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from gatepass.errors import BrokerError
 
-__all__ = ["watermarks"]
+__all__ = ["commit_or_warn", "watermarks"]
 
 
 def watermarks(consumer: Consumer, topic: str, partition: int,
@@ -30,3 +33,21 @@ def watermarks(consumer: Consumer, topic: str, partition: int,
                 raise BrokerError(f"cannot read offsets of {topic}[{partition}]: {exc}") \
                     from exc
             time.sleep(0.1)
+
+
+async def commit_or_warn(consumer: Any, log: logging.Logger, what: str) -> bool:
+    """Commit an aiokafka consumer's position; whether it was committed.
+
+    For the worker's own consumer groups (the lifecycle fan-out, the approval notices),
+    which handle each record at least once: a commit refused because the group rebalanced
+    meanwhile (another worker joined or left), or failed while the broker is away, only
+    means the partition's owner reads those records again. Raising would stop the faust
+    task and with it the whole worker (seen in the fault suite when a second worker left).
+    """
+    try:
+        await consumer.commit()
+    except KafkaError as exc:
+        log.warning("%s: offsets not committed (%s); those records will be handled again",
+                    what, type(exc).__name__)
+        return False
+    return True

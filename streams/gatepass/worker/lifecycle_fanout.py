@@ -33,6 +33,7 @@ from gatepass.codec.records import lifecycle_to_record
 from gatepass.config import Settings
 from gatepass.core import PrincipalStatusChanged, lifecycle_key
 from gatepass.transport import partition_for
+from gatepass.transport.offsets import commit_or_warn
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.pipeline import Outgoing, Pipeline
 
@@ -75,21 +76,25 @@ class LifecycleFanout:
         await consumer.start()
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-                for tp, messages in batch.items():
-                    await self.loader.wait_applied(tp.partition, messages[-1].offset)
-                    for i, msg in enumerate(messages):
-                        await self.send(self.pipeline.on_lifecycle(
-                            msg.key, msg.value, partition=tp.partition, offset=msg.offset))
-                        if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                            await asyncio.sleep(0)  # let intents through
-                    self.processed += len(messages)
-                if batch:
-                    await self.flush()
-                    await consumer.commit()
-                await self._promote(consumer)
+                await self.step(consumer)
         finally:
             await consumer.stop()
+
+    async def step(self, consumer: AIOKafkaConsumer) -> None:
+        """One fetch: fan each record out, flush, commit; then the due promotions."""
+        batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+        for tp, messages in batch.items():
+            await self.loader.wait_applied(tp.partition, messages[-1].offset)
+            for i, msg in enumerate(messages):
+                await self.send(self.pipeline.on_lifecycle(
+                    msg.key, msg.value, partition=tp.partition, offset=msg.offset))
+                if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # let intents through
+            self.processed += len(messages)
+        if batch:
+            await self.flush()
+            await commit_or_warn(consumer, log, "lifecycle fan-out")
+        await self._promote(consumer)
 
     async def _promote(self, consumer: AIOKafkaConsumer) -> None:
         if not self.loader.ready:

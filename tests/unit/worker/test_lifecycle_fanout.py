@@ -134,3 +134,59 @@ def test_the_plan_raises_no_check_its_promotion_one_per_agent(tmp_path: Any) -> 
     assert sorted(c["agent_id"] for c in checks) == ["helper-bot", "procure-bot"]
     assert {(c["trigger"], c["owner_status"], c["owner_status_at"]) for c in checks} == {
         ("owner_deactivated", "offboarded", PLAN.event_time)}
+
+
+class _Consumer:
+    """getmany hands out the given batches (then nothing); commit fails as told."""
+
+    def __init__(self, batches: list[dict[Any, list[Any]]], commit_errors: list[Any]) -> None:
+        self.batches, self.commit_errors, self.commits = batches, commit_errors, 0
+
+    async def getmany(self, **kwargs: Any) -> dict[Any, list[Any]]:
+        return self.batches.pop(0) if self.batches else {}
+
+    async def commit(self) -> None:
+        error = self.commit_errors.pop(0) if self.commit_errors else None
+        if error is not None:
+            raise error
+        self.commits += 1
+
+
+def test_a_commit_refused_by_a_rebalance_does_not_stop_the_fan_out() -> None:
+    # A second worker leaving rebalanced the lifecycle group mid-batch: commit() raised
+    # CommitFailedError out of the faust task and the whole worker crashed.
+    import asyncio
+
+    from aiokafka import TopicPartition
+    from aiokafka.errors import CommitFailedError
+
+    sent: list[Any] = []
+    flushed: list[bool] = []
+
+    async def send(records: list[Any]) -> None:
+        sent.append(records)
+
+    async def flush() -> None:
+        flushed.append(True)
+
+    async def applied(partition: int, offset: int) -> None:
+        return None
+
+    pipeline: Any = SimpleNamespace(identity=IdentityState(), schemas=schemas(), clock=lambda: T0,
+                                    on_lifecycle=lambda key, value, **kw: [("check", value)])
+    loader: Any = SimpleNamespace(ready=False, wait_applied=applied)
+    fan = LifecycleFanout(SETTINGS, loader=loader, pipeline=pipeline, send=send, flush=flush)
+    tp = TopicPartition(SETTINGS.topics.identity, 0)
+    record = SimpleNamespace(key=b"k", value=b"v1", offset=7)
+    consumer = _Consumer([{tp: [record]}, {tp: [replace_value(record, b"v2")]}],
+                         [CommitFailedError("rebalanced"), None])
+
+    asyncio.run(fan.step(consumer))  # type: ignore[arg-type]
+    asyncio.run(fan.step(consumer))  # type: ignore[arg-type]
+
+    assert sent == [[("check", b"v1")], [("check", b"v2")]]
+    assert flushed == [True, True] and consumer.commits == 1 and fan.processed == 2
+
+
+def replace_value(record: Any, value: bytes) -> Any:
+    return SimpleNamespace(key=record.key, value=value, offset=record.offset + 1)
