@@ -49,7 +49,7 @@ from gatepass.worker.delivery import DeliveryGuard
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.lifecycle_fanout import LifecycleFanout
-from gatepass.worker.memo import ApprovalTimer, AuditedIndex, ExpiryIndex, OffsetTracker
+from gatepass.worker.memo import ApprovalTimer, AuditedIndex, ExpiryIndex, SkipGuard
 from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
 from gatepass.worker.pipeline import IntentOutcome, Outgoing, Pipeline
 from gatepass.worker.policy_loader import PolicyLoader
@@ -235,7 +235,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 delay = min(delay * 2, 10.0)
         recovered.decided[partition], recovered.alerted[partition] = decided_p, alerted_p
         if next_intent is not None:
-            offsets.expect(partition, next_intent)
+            intent_guard.offsets.expect(partition, next_intent)
         ready.set()
         log.info("partition %d read back: %d answers, %d alerts", partition, len(decided_p),
                  len(alerted_p))
@@ -371,7 +371,34 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     hold_until = time.monotonic() + settings.ready_wait.total_seconds()
 
-    offsets = OffsetTracker()
+    async def read_skipped(topic: str, partition: int, start: int, end: int
+                           ) -> list[tuple[int, bytes | None, bytes | None, float | None]]:
+        """Records the consumer skipped (see SkipGuard), read directly; the broker may be
+        away: wait, never skip."""
+        log.error("the consumer skipped records %d..%d of %s partition %d; reading them "
+                  "directly", start, end - 1, topic, partition)
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    None, read_range, settings, topic, partition, start, end)
+            except Exception as exc:
+                log.warning("reading skipped records failed (%s); retrying in %.1fs",
+                            type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def repaired(topic: str, n: int) -> None:
+        metrics.skipped_records.labels(topic=topic).inc(n)
+        if topic == t.intents:
+            metrics.skipped_recovered.inc(n)
+
+    intent_guard = SkipGuard(t.intents, read_skipped, repaired)
+    approval_guard = SkipGuard(t.approval_decisions, read_skipped, repaired)
+    request_guard = SkipGuard(t.budget_requests, read_skipped, repaired)
+    reply_guard = SkipGuard(t.budget_replies, read_skipped, repaired)
+    orphan_guard = SkipGuard(t.orphan_checks, read_skipped, repaired)
+    guards = (intent_guard, approval_guard, request_guard, reply_guard, orphan_guard)
 
     async def answer_intent(key: bytes | None, value: bytes | None, partition: int,
                             offset: int, timestamp: float | None) -> None:
@@ -405,26 +432,6 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         elif out.intent_id is not None and out.hold is None:
             metrics.observe_decision(out.decision, out.reasons, out.requested_at, out.issued)
 
-    async def answer_skipped(partition: int, start: int, end: int) -> None:
-        """Intents the consumer skipped (see OffsetTracker): read and answer them here, in
-        order, before the record after them - so no commit can pass them unanswered."""
-        log.error("the consumer skipped intents %d..%d of partition %d; reading them directly",
-                  start, end - 1, partition)
-        delay = 0.5
-        while True:
-            try:
-                records = await asyncio.get_running_loop().run_in_executor(
-                    None, read_range, settings, t.intents, partition, start, end)
-                break
-            except Exception as exc:  # the broker is away: wait, never skip
-                log.warning("reading skipped intents failed (%s); retrying in %.1fs",
-                            type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        for offset, key, value, timestamp in records:
-            await answer_intent(key, value, partition, offset, timestamp)
-        metrics.skipped_recovered.inc(len(records))
-
     @app.agent(intents)
     async def decide_intents(stream: Any) -> None:
         async for event in stream.events():
@@ -435,11 +442,33 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                     await asyncio.wait_for(rt.loader.wait_ready(),
                                            hold_until - time.monotonic())
             await gate(msg.partition)
-            skipped = offsets.missing(msg.partition, msg.offset)
-            if skipped is not None:
-                await answer_skipped(msg.partition, *skipped)
-            await answer_intent(msg.key, msg.value, msg.partition, msg.offset, msg.timestamp)
-            offsets.done(msg.partition, msg.offset)
+            await intent_guard.handle(msg.key, msg.value, msg.partition, msg.offset,
+                                      msg.timestamp, answer_intent)
+
+    async def settle_approval(key: bytes | None, value: bytes | None, partition: int,
+                              offset: int, timestamp: float | None) -> None:
+        out = rt.pipeline.on_approval(key, value, partition=partition, offset=offset,
+                                      pending=pending_view, decided=decided_in(partition),
+                                      ledgers=ledgers_view)
+        # Every state change before any await: no other event can see one without another.
+        write_ledgers(out.ledgers)
+        if out.remember is not None:
+            memo_key = out.remember[0].encode()
+            decided[memo_key] = out.remember[1]
+            expiry.add(partition, memo_key, time.time())
+        if out.finish is not None:
+            pending_key = out.finish.encode()
+            if pending_key in pending:
+                del pending[pending_key]
+            due.discard(pending_key)
+        await send(out.records, t.approval_decisions)
+        if out.record is not None:
+            log.info("decision", extra=decision_log_fields(out.record))
+        if out.final is not None and out.reason is not None:
+            metrics.approval_outcomes.labels(decision=out.final, reason=out.reason).inc()
+            metrics.observe_decision(out.final, (out.reason,), None, out.final == "ALLOW")
+        if out.alert is not None:
+            metrics.approval_alerts.labels(reason=out.alert).inc()
 
     @app.agent(approval_decisions)
     async def settle_approvals(stream: Any) -> None:
@@ -447,45 +476,45 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             msg = event.message
             await rt.loader.wait_ready()  # who may approve is read from the identity view
             await gate(msg.partition)
-            out = rt.pipeline.on_approval(msg.key, msg.value, partition=msg.partition,
-                                          offset=msg.offset, pending=pending_view,
-                                          decided=decided_in(msg.partition),
-                                          ledgers=ledgers_view)
-            # Every state change before any await: no other event can see one without another.
-            write_ledgers(out.ledgers)
-            if out.remember is not None:
-                key = out.remember[0].encode()
-                decided[key] = out.remember[1]
-                expiry.add(msg.partition, key, time.time())
-            if out.finish is not None:
-                key = out.finish.encode()
-                if key in pending:
-                    del pending[key]
-                due.discard(key)
-            await send(out.records, t.approval_decisions)
-            if out.record is not None:
-                log.info("decision", extra=decision_log_fields(out.record))
-            if out.final is not None and out.reason is not None:
-                metrics.approval_outcomes.labels(decision=out.final, reason=out.reason).inc()
-                metrics.observe_decision(out.final, (out.reason,), None,
-                                         out.final == "ALLOW")
-            if out.alert is not None:
-                metrics.approval_alerts.labels(reason=out.alert).inc()
+            await approval_guard.handle(msg.key, msg.value, msg.partition, msg.offset,
+                                        msg.timestamp, settle_approval)
 
     budget_requests, budget_replies = raw_topic(t.budget_requests), raw_topic(t.budget_replies)
+
+    async def settle_budget(key: bytes | None, value: bytes | None, partition: int,
+                            offset: int, timestamp: float | None) -> None:
+        out = rt.pipeline.on_budget(key, value, partition=partition, offset=offset,
+                                    ledgers=ledgers_view)
+        write_ledgers(out.ledgers)
+        if out.refused is not None:
+            metrics.limits_refused.labels(scope=(key or b"").decode().split(":")[0]).inc()
+        await send(out.records, t.budget_requests)
 
     @app.agent(budget_requests)
     async def settle_budgets(stream: Any) -> None:
         """Owner and department budgets: reservations applied in order in the key's partition."""
         async for event in stream.events():
             msg = event.message
-            out = rt.pipeline.on_budget(msg.key, msg.value, partition=msg.partition,
-                                        offset=msg.offset, ledgers=ledgers_view)
-            write_ledgers(out.ledgers)
-            if out.refused is not None:
-                metrics.limits_refused.labels(scope=(msg.key or b"").decode().split(":")[0]
-                                              ).inc()
-            await send(out.records, t.budget_requests)
+            await request_guard.handle(msg.key, msg.value, msg.partition, msg.offset,
+                                       msg.timestamp, settle_budget)
+
+    async def finish_budget(key: bytes | None, value: bytes | None, partition: int,
+                            offset: int, timestamp: float | None) -> None:
+        out = rt.pipeline.on_budget_reply(key, value, partition=partition, offset=offset,
+                                          holds=holds_view, decided=decided_in(partition),
+                                          ledgers=ledgers_view)
+        write_ledgers(out.ledgers)
+        keep_answer(out, partition, key)
+        if out.unhold is not None:
+            hold_key = out.unhold.encode()
+            if hold_key in holds:
+                del holds[hold_key]
+            held.discard(hold_key)
+        await send(out.records, t.budget_replies)
+        if out.record is not None:
+            log.info("decision", extra=decision_log_fields(out.record))
+        if out.intent_id is not None and not out.duplicate and out.decision:
+            metrics.observe_decision(out.decision, out.reasons, out.requested_at, out.issued)
 
     @app.agent(budget_replies)
     async def finish_budgets(stream: Any) -> None:
@@ -493,23 +522,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         async for event in stream.events():
             msg = event.message
             await gate(msg.partition)
-            out = rt.pipeline.on_budget_reply(msg.key, msg.value, partition=msg.partition,
-                                              offset=msg.offset, holds=holds_view,
-                                              decided=decided_in(msg.partition),
-                                              ledgers=ledgers_view)
-            write_ledgers(out.ledgers)
-            keep_answer(out, msg.partition, msg.key)
-            if out.unhold is not None:
-                hold_key = out.unhold.encode()
-                if hold_key in holds:
-                    del holds[hold_key]
-                held.discard(hold_key)
-            await send(out.records, t.budget_replies)
-            if out.record is not None:
-                log.info("decision", extra=decision_log_fields(out.record))
-            if out.intent_id is not None and not out.duplicate and out.decision:
-                metrics.observe_decision(out.decision, out.reasons, out.requested_at,
-                                         out.issued)
+            await reply_guard.handle(msg.key, msg.value, msg.partition, msg.offset,
+                                     msg.timestamp, finish_budget)
 
     @app.timer(interval=1.0)
     async def expire_holds() -> None:
@@ -544,20 +558,25 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def notify_approvers() -> None:
         await dispatcher.run()
 
+    async def raise_orphan_alert(key: bytes | None, value: bytes | None, partition: int,
+                                 offset: int, timestamp: float | None) -> None:
+        records, remember = rt.pipeline.on_orphan_check(key, value, partition=partition,
+                                                        offset=offset,
+                                                        memo=alerted_in(partition))
+        if remember is not None:
+            alerted[remember[0].encode()] = remember[1]
+            trigger = rt.schemas.orphan_alert.decode(remember[1])["trigger"]
+            metrics.orphan_alerts.labels(trigger=trigger).inc()
+        await send(records, t.orphan_checks)
+
     @app.agent(orphan_checks)
     async def raise_orphan_alerts(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
             await rt.loader.wait_ready()
             await gate(msg.partition)
-            records, remember = rt.pipeline.on_orphan_check(
-                msg.key, msg.value, partition=msg.partition, offset=msg.offset,
-                memo=alerted_in(msg.partition))
-            if remember is not None:
-                alerted[remember[0].encode()] = remember[1]
-                trigger = rt.schemas.orphan_alert.decode(remember[1])["trigger"]
-                metrics.orphan_alerts.labels(trigger=trigger).inc()
-            await send(records, t.orphan_checks)
+            await orphan_guard.handle(msg.key, msg.value, msg.partition, msg.offset,
+                                      msg.timestamp, raise_orphan_alert)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
@@ -572,7 +591,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 audited.forget(tp.partition)
                 gates.pop(tp.partition, None)  # read back again if it comes back
                 recovered.forget(tp.partition)
-                offsets.forget(tp.partition)
+            for guard in guards:
+                if tp.topic == guard.topic:
+                    guard.offsets.forget(tp.partition)
 
     @app.task
     async def load_identity() -> None:

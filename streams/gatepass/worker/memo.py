@@ -11,10 +11,10 @@ the clock on live writes, so nothing has to be decoded to expire it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from typing import Any
 
-__all__ = ["ApprovalTimer", "ExpiryIndex", "OffsetTracker"]
+__all__ = ["ApprovalTimer", "ExpiryIndex", "OffsetTracker", "SkipGuard"]
 
 
 class ExpiryIndex:
@@ -117,6 +117,41 @@ class OffsetTracker:
 
     def done(self, partition: int, offset: int) -> None:
         self._next[partition] = max(self._next.get(partition, 0), offset + 1)
+
+
+# (offset, key, value, timestamp) of one record, as read directly from its partition
+RawRecord = tuple[int, bytes | None, bytes | None, float | None]
+Handler = Callable[[bytes | None, bytes | None, int, int, float | None], Awaitable[None]]
+Fetch = Callable[[str, int, int, int], Awaitable[list[RawRecord]]]
+
+
+class SkipGuard:
+    """An OffsetTracker for one topic, with the repair: before a record is handled, any
+    offsets the consumer skipped in its partition are read directly (`fetch`) and handled
+    first, in order - so a commit after the record never passes over an unhandled one.
+
+    For topics the worker consumes that are neither compacted nor transactional (intents,
+    approval decisions, budget requests and replies, orphan checks): their offsets are
+    consecutive, so any jump is a skip.
+    """
+
+    def __init__(self, topic: str, fetch: Fetch,
+                 on_repaired: Callable[[str, int], None] = lambda topic, n: None) -> None:
+        self.topic = topic
+        self.offsets = OffsetTracker()
+        self._fetch = fetch
+        self._on_repaired = on_repaired
+
+    async def handle(self, key: bytes | None, value: bytes | None, partition: int,
+                     offset: int, timestamp: float | None, handler: Handler) -> None:
+        skipped = self.offsets.missing(partition, offset)
+        if skipped is not None:
+            records = await self._fetch(self.topic, partition, *skipped)
+            for at, k, v, ts in records:
+                await handler(k, v, partition, at, ts)
+            self._on_repaired(self.topic, len(records))
+        await handler(key, value, partition, offset, timestamp)
+        self.offsets.done(partition, offset)
 
 
 class AuditedIndex:

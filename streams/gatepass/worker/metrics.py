@@ -73,6 +73,9 @@ class WorkerMetrics:
         self.skipped_recovered = Counter(
             "gatepass_skipped_intents_recovered", "Intents the consumer skipped that the "
             "worker read and answered itself.", registry=r)
+        self.skipped_records = Counter(
+            "gatepass_skipped_records_recovered", "Records of any input topic the consumer "
+            "skipped that the worker read and handled itself.", ["topic"], registry=r)
         self.limits_refused = Counter(
             "gatepass_limit_reservations_refused", "Owner and department budget reservations "
             "refused (limit_exceeded), by budget scope.", ["scope"], registry=r)

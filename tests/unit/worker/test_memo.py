@@ -1,8 +1,10 @@
-"""The decided-intent expiry index: what is forgotten, when, and in which partition."""
+"""The worker's memo helpers: decided-intent expiry, offset tracking and the skip guard."""
 
 from __future__ import annotations
 
-from gatepass.worker.memo import ExpiryIndex
+import asyncio
+
+from gatepass.worker.memo import ExpiryIndex, SkipGuard
 
 
 def test_only_keys_older_than_the_horizon_of_that_partition_are_due() -> None:
@@ -91,3 +93,76 @@ def test_audited_index_notes_an_intent_once_its_audit_record_is_acknowledged() -
         assert "i-5" not in index.view(1, {})
 
     asyncio.run(go())
+
+
+# -- SkipGuard: skipped records are read and handled before the record after them ----------
+
+class _Topic:
+    """A partitioned topic the guard can read ranges of; records its handler's calls."""
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[str, int, int, int]] = []
+        self.handled: list[tuple[int, int, bytes | None]] = []
+
+    async def fetch(self, topic: str, partition: int, start: int, end: int
+                    ) -> list[tuple[int, bytes | None, bytes | None, float | None]]:
+        self.fetches.append((topic, partition, start, end))
+        return [(o, b"k", f"v{o}".encode(), 1.0) for o in range(start, end)]
+
+    async def handle(self, key: bytes | None, value: bytes | None, partition: int,
+                     offset: int, timestamp: float | None) -> None:
+        self.handled.append((partition, offset, value))
+
+
+def _feed(guard: SkipGuard, topic: _Topic, *records: tuple[int, int]) -> None:
+    async def run() -> None:
+        for partition, offset in records:
+            await guard.handle(b"k", f"v{offset}".encode(), partition, offset, 1.0,
+                               topic.handle)
+    asyncio.run(run())
+
+
+def test_skip_guard_handles_consecutive_records_without_reading() -> None:
+    topic = _Topic()
+    guard = SkipGuard("orphan-checks", topic.fetch)
+    _feed(guard, topic, (0, 0), (0, 1), (0, 2))
+    assert topic.fetches == []
+    assert [o for _, o, _ in topic.handled] == [0, 1, 2]
+
+
+def test_skip_guard_reads_and_handles_a_skipped_range_first_in_order() -> None:
+    topic, repaired = _Topic(), []
+    guard = SkipGuard("orphan-checks", topic.fetch,
+                      on_repaired=lambda t, n: repaired.append((t, n)))
+    _feed(guard, topic, (2, 10), (2, 11), (2, 15), (2, 16))
+    assert topic.fetches == [("orphan-checks", 2, 12, 15)]
+    assert topic.handled == [(2, o, f"v{o}".encode()) for o in (10, 11, 12, 13, 14, 15, 16)]
+    assert repaired == [("orphan-checks", 3)]
+
+
+def test_skip_guard_starts_at_the_expected_offset_and_per_partition() -> None:
+    topic = _Topic()
+    guard = SkipGuard("approval-decisions", topic.fetch)
+    guard.offsets.expect(0, 5)  # e.g. the group's committed offset, read on assignment
+    _feed(guard, topic, (0, 7), (1, 40), (1, 41), (0, 8))
+    assert topic.fetches == [("approval-decisions", 0, 5, 7)]
+    assert [(p, o) for p, o, _ in topic.handled] == [(0, 5), (0, 6), (0, 7), (1, 40), (1, 41),
+                                                     (0, 8)]
+
+
+def test_skip_guard_a_redelivery_is_handled_again_not_read() -> None:
+    # An earlier offset again (a rebalance re-delivered it) is the handler's to deduplicate.
+    topic = _Topic()
+    guard = SkipGuard("budget-replies", topic.fetch)
+    _feed(guard, topic, (0, 3), (0, 4), (0, 2), (0, 5))
+    assert topic.fetches == []
+    assert [o for _, o, _ in topic.handled] == [3, 4, 2, 5]
+
+
+def test_skip_guard_forgets_a_revoked_partition() -> None:
+    topic = _Topic()
+    guard = SkipGuard("budget-requests", topic.fetch)
+    _feed(guard, topic, (0, 3))
+    guard.offsets.forget(0)
+    _feed(guard, topic, (0, 9))  # another worker had it meanwhile: no skip to repair
+    assert topic.fetches == []
