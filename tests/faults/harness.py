@@ -336,13 +336,23 @@ class Reconciliation:
     contradicting: dict[str, list[SeenVerdict]]
     late_allows: list[str]           # ALLOW decided past an owner's offboarding + bound
     inactive_allows: list[str]       # ALLOW audit records whose facts say owner not active
-    alerts_per_event: dict[tuple[str, str, Any], int]
+    alerts_per_event: dict[tuple[str, str, Any], int]  # alert records per (agent, owner event)
+    # distinct raises per (agent, owner event): an alert's `detected_at` is set when it is
+    # raised, so a byte-identical copy (a write resent after a broker error) is one raise
+    raises_per_event: dict[tuple[str, str, Any], set[Any]]
     unalerted_agents: list[str]
     unexpected_alerts: list[str]
 
     @property
     def repeated_alerts(self) -> dict[tuple[str, str, Any], int]:
-        return {k: n for k, n in self.alerts_per_event.items() if n > 1}
+        """(agent, owner event) pairs alerted more than once (not copies of one alert)."""
+        return {k: len(r) for k, r in self.raises_per_event.items() if len(r) > 1}
+
+    @property
+    def alert_copies(self) -> int:
+        """Alert records that repeat an alert byte for byte (same id, same detection time)."""
+        return sum(self.alerts_per_event.values()) - \
+            sum(len(r) for r in self.raises_per_event.values())
 
 
 def reconcile(*, acked: set[str], agent_of: dict[str, str], verdicts: dict[str, list[SeenVerdict]],
@@ -373,6 +383,7 @@ def reconcile(*, acked: set[str], agent_of: dict[str, str], verdicts: dict[str, 
             late.add(iid)
 
     per_event: dict[tuple[str, str, Any], int] = defaultdict(int)
+    raises: dict[tuple[str, str, Any], set[Any]] = defaultdict(set)
     alerted_agents, unexpected = set(), []
     for alert in alerts:
         owner = owner_of.get(alert["agent_id"])
@@ -381,7 +392,9 @@ def reconcile(*, acked: set[str], agent_of: dict[str, str], verdicts: dict[str, 
         if owner not in offboarded:
             unexpected.append(alert["agent_id"])
             continue
-        per_event[(alert["agent_id"], alert["owner"], alert["owner_status_at"])] += 1
+        key = (alert["agent_id"], alert["owner"], alert["owner_status_at"])
+        per_event[key] += 1
+        raises[key].add((alert["alert_id"], alert["detected_at"]))
         if alert["owner_status"] == "offboarded":
             alerted_agents.add(alert["agent_id"])
     should = {a.agent_id for a in agents if a.owner in offboarded}
@@ -390,4 +403,5 @@ def reconcile(*, acked: set[str], agent_of: dict[str, str], verdicts: dict[str, 
         verdict_records=sum(len(vs) for vs in ours.values()), lost=lost,
         duplicates=duplicates, contradicting=contradicting, late_allows=sorted(late),
         inactive_allows=sorted(inactive), alerts_per_event=dict(per_event),
+        raises_per_event=dict(raises),
         unalerted_agents=sorted(should - alerted_agents), unexpected_alerts=sorted(unexpected))

@@ -1,7 +1,7 @@
 """Prove it: stream intents across many agents through worker kills, broker restarts, a
 scale-out and owner offboardings, then reconcile the topics with an independent reader.
 
-Short version (the normal `pytest` run): GATEPASS_FAULT_INTENTS=3000. Full run:
+Short version (the normal `pytest` run): 10,000 intents at 80/s. Full run:
 
     make faults        # = GATEPASS_FAULT_INTENTS=100000 pytest -m faults tests/faults -s
 
@@ -47,9 +47,10 @@ from .harness import (
 
 pytestmark = pytest.mark.faults
 
-INTENTS = int(os.environ.get("GATEPASS_FAULT_INTENTS", "3000"))
-# Steady rate: well under one worker's ~700/s, so faults, not overload, are what is tested.
-RATE = float(os.environ.get("GATEPASS_FAULT_RATE", "25" if INTENTS <= 10000 else "250"))
+INTENTS = int(os.environ.get("GATEPASS_FAULT_INTENTS", "10000"))
+# Steady rate: well under what one worker sustains on this box (about 230/s with the broker
+# and the rest of the suite beside it), so faults, not overload, are what is tested.
+RATE = float(os.environ.get("GATEPASS_FAULT_RATE", "80" if INTENTS <= 10000 else "250"))
 AGENTS, PER_OWNER = 250, 5
 PROPAGATION_BOUND_S = float(os.environ.get("GATEPASS_FAULT_PROPAGATION_SECONDS", "5"))
 SETTLE_S = 180.0  # after the last fault and the last intent: time for every verdict
@@ -57,15 +58,6 @@ STEP_S = 240.0    # the longest any progress threshold may take to be reached
 
 
 @pytest.mark.timeout(int(900 + 2 * INTENTS / RATE))
-@pytest.mark.xfail(strict=False, reason=(
-    "OPEN until repeated full runs are clean. Lost intents were seen (487 of 100,000; 121, "
-    "84 and 83 of 3,000): faust committed past records it had dropped (it takes any offset "
-    "jump for a gap), and past failed writes. Fixed: the intent agent answers any skipped "
-    "offset range itself (OffsetTracker), commits wait for every write (DeliveryGuard), "
-    "answers are read back on assignment. Since then short runs are clean and one full run "
-    "(100,000 intents, 8 faults) was clean: lost 0, contradicting 0; one short run stalled "
-    "in faust's table recovery after a hard broker restart (docs/architecture.md). Not "
-    "strict: a clean run reports XPASS."))
 def test_every_intent_gets_one_answer_through_faults(tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:6]
     broker = FaultBroker(tmp_path / "kafka")
@@ -108,6 +100,9 @@ def test_every_intent_gets_one_answer_through_faults(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, \
                     f"stuck below {fraction:.0%}: {reader.answered()} answered"
                 assert reader.error is None, reader.error
+                # A worker that died on its own is a failure of its own (no supervisor here).
+                assert worker.proc is None or worker.proc.poll() is None, \
+                    f"the worker exited (code {worker.proc.returncode}):\n{worker.tail_log()}"
                 time.sleep(0.1)
 
         def offboard(batch: list[str]) -> None:
@@ -181,15 +176,17 @@ def test_every_intent_gets_one_answer_through_faults(tmp_path: Path) -> None:
               f"{len(result.late_allows)}; ALLOWs with inactive owner "
               f"{len(result.inactive_allows)}; orphan alerts "
               f"{sum(result.alerts_per_event.values())} for "
-              f"{len(result.alerts_per_event)} (agent, owner event) pairs, repeated "
+              f"{len(result.alerts_per_event)} (agent, owner event) pairs ("
+              f"{result.alert_copies} byte-identical copies), repeated "
               f"{len(result.repeated_alerts)}, agents without one "
               f"{len(result.unalerted_agents)}; {time.monotonic() - t0:.0f}s",
               # past pytest's capture: the figures belong in every CI log, pass or fail
               file=sys.__stderr__, flush=True)
         for iid, seen in list(result.contradicting.items())[:10]:
             print(f"  contradicting {iid} ({stream.agent_of[iid]}): {seen}")
-        for key, n in list(result.repeated_alerts.items())[:10]:
-            print(f"  repeated alert {key}: {n}")
+        for key in list(result.repeated_alerts)[:10]:
+            print(f"  repeated alert {key}: raised as {sorted(result.raises_per_event[key])}",
+                  file=sys.__stderr__, flush=True)
         if result.lost:
             _explain_lost(settings, result.lost, stream.agent_of)
         if result.contradicting or result.late_allows or result.repeated_alerts:
