@@ -394,7 +394,9 @@ def reconcile(*, acked: set[str], agent_of: dict[str, str], verdicts: dict[str, 
             continue
         key = (alert["agent_id"], alert["owner"], alert["owner_status_at"])
         per_event[key] += 1
-        raises[key].add((alert["alert_id"], alert["detected_at"]))
+        # what tells one raise from another: when, from which check (a copy repeats them all)
+        raises[key].add((alert["alert_id"], alert["detected_at"], alert.get("trigger"),
+                         alert.get("intent_id")))
         if alert["owner_status"] == "offboarded":
             alerted_agents.add(alert["agent_id"])
     should = {a.agent_id for a in agents if a.owner in offboarded}
