@@ -113,6 +113,7 @@ _JKT = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256 digest
 _PROOF_REFUSED_HEADERS = ("jku", "x5u", "x5c", "x5t", "x5t#S256", "kid", "crit")
 _PROOF_CLAIMS = ("jti", "htm", "htu", "iat", "ath")
 _MAX_JTI = 256
+_HEADER_CACHE = 64  # distinct pass headers parsed once (one per signing key in practice)
 
 
 class ReplayCache:
@@ -221,6 +222,7 @@ class PassVerifier:
         self._replay_cache = ReplayCache() if replay_cache is None else replay_cache
         self._now = now
         self._max_token_bytes = max_token_bytes
+        self._headers: dict[str, dict[str, Any]] = {}
         self._require_dpop = require_dpop
         self._dpop_window = dpop_window.total_seconds()
         self._dpop_replay_cache = ReplayCache() if dpop_replay_cache is None \
@@ -282,29 +284,42 @@ class PassVerifier:
     def _decode(self, token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
         if not isinstance(token, str):
             raise TokenMalformedError("token must be a str")
-        # Length in characters first (cheap, bounds the encode), then in UTF-8 bytes.
+        # Length in characters first (cheap, bounds the encode), then in UTF-8 bytes (the
+        # same number for ASCII, which every well-formed token is).
         if len(token) > self._max_token_bytes or (
-            len(token.encode("utf-8", "surrogatepass")) > self._max_token_bytes
+            not token.isascii()
+            and len(token.encode("utf-8", "surrogatepass")) > self._max_token_bytes
         ):
             raise TokenTooLargeError(f"token exceeds {self._max_token_bytes} bytes")
         segments = token.split(".")
         if len(segments) != 3:
             raise TokenMalformedError("a compact JWS has three dot-separated segments")
+        header = self._headers.get(segments[0])
         try:
-            header_bytes, payload_bytes, signature = (b64url_decode(s) for s in segments)
+            header_bytes = b"" if header is not None else b64url_decode(segments[0])
+            payload_bytes, signature = b64url_decode(segments[1]), b64url_decode(segments[2])
         except ValueError:
             raise TokenMalformedError("segment is not canonical unpadded base64url") from None
-        parts = []
-        for name, raw in (("header", header_bytes), ("payload", payload_bytes)):
-            try:
-                value = loads_strict(raw)
-            except ValueError as exc:
-                raise TokenMalformedError(f"{name} is not valid JSON: {exc}") from None
-            if not isinstance(value, dict):
-                raise TokenMalformedError(f"{name} is not a JSON object")
-            parts.append(value)
-        signing_input = f"{segments[0]}.{segments[1]}".encode("ascii")
-        return parts[0], parts[1], signing_input, signature
+        if header is None:
+            header = self._json_object("header", header_bytes)
+            if len(self._headers) < _HEADER_CACHE:
+                # Passes of one key share their header byte for byte: parse it once. Only
+                # well-formed objects are kept, and by the exact segment, so a cached header
+                # is the one the token carries.
+                self._headers[segments[0]] = header
+        claims = self._json_object("payload", payload_bytes)
+        signing_input = token[:len(segments[0]) + 1 + len(segments[1])].encode("ascii")
+        return header, claims, signing_input, signature
+
+    @staticmethod
+    def _json_object(name: str, raw: bytes) -> dict[str, Any]:
+        try:
+            value = loads_strict(raw)
+        except ValueError as exc:
+            raise TokenMalformedError(f"{name} is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise TokenMalformedError(f"{name} is not a JSON object")
+        return value
 
     def _key_for(self, header: dict[str, Any]) -> tuple[Ed25519PublicKey, str]:
         alg = header.get("alg")

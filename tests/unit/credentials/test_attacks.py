@@ -385,6 +385,21 @@ def test_tampered_payload_with_original_signature_rejected(target: Target) -> No
         target.verify(f"{head}.{part(claims)}.{sig}")
 
 
+def test_a_cached_header_does_not_vouch_for_another_header(target: Target) -> None:
+    # The verifier parses each distinct header segment once; a token whose header differs
+    # by one byte from a cached one is parsed (and refused) on its own.
+    target.verify(target.genuine())  # the genuine header is cached now
+    head = target.genuine(intent_id="intent-2").split(".")[0]
+    for forged_header in (target.header(alg="none"), target.header(typ="JWT"),
+                          target.header(kid="other"), target.header(jku="https://x")):
+        token = forge(forged_header, target.genuine_claims(), target.sign_with_real_key)
+        assert token.split(".")[0] != head
+        with pytest.raises((AlgorithmNotAllowedError, TypeInvalidError, KeyUnknownError,
+                            HeaderNotAllowedError)):
+            target.verify(token)
+    target.verify(target.genuine(intent_id="intent-3"))  # and the cache still serves
+
+
 # --- claims -----------------------------------------------------------------------------
 
 
