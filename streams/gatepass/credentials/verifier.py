@@ -251,6 +251,12 @@ class PassVerifier:
             key.verify(signature, signing_input)
         except InvalidSignature:
             raise SignatureInvalidError("signature does not verify") from None
+        head = token[:token.index(".")]
+        if head not in self._headers and len(self._headers) < _HEADER_CACHE:
+            # Passes of one key share their header byte for byte: parse it once. Only a
+            # header our own key signed is kept (junk headers cannot fill the cache), by its
+            # exact segment, so a cached header is the one the token carries.
+            self._headers[head] = header
         self._check_claims(claims)
         now = self._now()
         self._check_times(claims, now)
@@ -302,11 +308,6 @@ class PassVerifier:
             raise TokenMalformedError("segment is not canonical unpadded base64url") from None
         if header is None:
             header = self._json_object("header", header_bytes)
-            if len(self._headers) < _HEADER_CACHE:
-                # Passes of one key share their header byte for byte: parse it once. Only
-                # well-formed objects are kept, and by the exact segment, so a cached header
-                # is the one the token carries.
-                self._headers[segments[0]] = header
         claims = self._json_object("payload", payload_bytes)
         signing_input = token[:len(segments[0]) + 1 + len(segments[1])].encode("ascii")
         return header, claims, signing_input, signature

@@ -400,6 +400,18 @@ def test_a_cached_header_does_not_vouch_for_another_header(target: Target) -> No
     target.verify(target.genuine(intent_id="intent-3"))  # and the cache still serves
 
 
+def test_junk_headers_cannot_fill_the_header_cache(target: Target) -> None:
+    # Only headers whose signature verified are kept: a flood of tokens with distinct,
+    # well-formed headers must not crowd the genuine one out (a slow verifier for everyone).
+    other = Ed25519PrivateKey.generate()
+    for n in range(100):
+        token = forge(target.header(n=n), target.genuine_claims(), other.sign)
+        with pytest.raises(SignatureInvalidError):
+            target.verify(token)
+    target.verify(target.genuine())
+    assert list(target.verifier._headers) == [target.genuine().split(".")[0]]
+
+
 # --- claims -----------------------------------------------------------------------------
 
 
