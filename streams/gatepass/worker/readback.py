@@ -7,9 +7,10 @@ redelivered intent (or orphan check) with no memory of its answer, and answer it
 with a different verdict if identity changed in between, or a second alert.
 
 So before a worker handles records of a newly assigned partition it reads back the audit
-records and orphan alerts of that partition written since the oldest record that can be
-redelivered to it (the group's committed offset, minus a margin for clock skew), and the
-agents consult those next to the tables. The topics themselves are the truth: an answer that
+records of that partition written since the oldest intent that can be redelivered to it
+(the group's committed offset, minus a margin for clock skew) and every orphan alert the
+partition still holds (a later, new check may meet an alert whose table write was lost),
+and the agents consult those next to the tables. The topics themselves are the truth: an answer that
 is on them is never given differently.
 """
 
@@ -108,14 +109,19 @@ def _since(consumer: Consumer, topic: str, partition: int, fallback: datetime) -
     return fallback
 
 
-def _read(consumer: Consumer, topic: str, partition: int, since: datetime,
+def _read(consumer: Consumer, topic: str, partition: int, since: datetime | None,
           timeout: float) -> Iterator[bytes]:
-    start = consumer.offsets_for_times(
-        [TopicPartition(topic, partition, int(since.timestamp() * 1000))], timeout=10)[0]
-    _, end = watermarks(consumer, topic, partition)
-    if start.offset < 0 or start.offset >= end:
+    """The partition's records written since `since` (None: all it still holds)."""
+    low, end = watermarks(consumer, topic, partition)
+    if since is None:
+        first = low
+    else:
+        first = consumer.offsets_for_times(
+            [TopicPartition(topic, partition, int(since.timestamp() * 1000))],
+            timeout=10)[0].offset
+    if first < 0 or first >= end:
         return
-    consumer.assign([TopicPartition(topic, partition, start.offset)])
+    consumer.assign([TopicPartition(topic, partition, first)])
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -156,8 +162,12 @@ def read_back(settings: Settings, schemas: SchemaSet, partition: int, *,
             except GatepassError:
                 continue
             decided[record["intent"]["intent_id"]] = value  # log order: a final after PENDING
-        since = _since(consumer, t.orphan_checks, partition, fallback)
-        for value in _read(consumer, t.orphans, partition, since, timeout):
+        # Every alert the partition still holds, not only those since the oldest check that
+        # can be redelivered: a *new* check (a later owner_inactive DENY) for an owner event
+        # whose alert reached the topic while its `alerted` table write was lost (a worker
+        # killed between the two) would otherwise raise that alert a second time (seen in
+        # the fault suite, 70 s later). Alerts are few: one per agent per deactivation.
+        for value in _read(consumer, t.orphans, partition, None, timeout):
             try:
                 alert = schemas.orphan_alert.decode(value)
             except GatepassError:
