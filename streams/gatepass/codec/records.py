@@ -100,21 +100,27 @@ def lifecycle_to_record(event: LifecycleEvent) -> dict[str, Any]:
 
 def lifecycle_from_record(rec: Mapping[str, Any]) -> LifecycleEvent:
     body = rec["event"]
-    common = {"event_time": rec["event_time"], "source": rec["source"],
-              "source_event_id": rec.get("source_event_id", ""),
-              "recorded_at": rec.get("recorded_at")}
+    # Every worker folds the whole identity topic with this at start: spelled out, no
+    # intermediate dict.
+    at, source = rec["event_time"], rec["source"]
+    event_id, recorded_at = rec.get("source_event_id", ""), rec.get("recorded_at")
     # fastavro returns a plain dict for unions of records; tell them apart by their fields.
     if "principal_id" in body:
         return PrincipalStatusChanged(principal_id=body["principal_id"],
-                                      status=PrincipalStatus(body["status"]), **common)
+                                      status=PrincipalStatus(body["status"]), event_time=at,
+                                      source=source, source_event_id=event_id,
+                                      recorded_at=recorded_at)
     if "owner" in body:
         return AgentRegistered(agent_id=body["agent_id"], owner=body["owner"],
                                purpose=body["purpose"], department=body.get("department"),
                                contact=body.get("contact"), created_by=body.get("created_by"),
-                               public_key=body.get("public_key"), **common)
+                               public_key=body.get("public_key"), event_time=at,
+                               source=source, source_event_id=event_id,
+                               recorded_at=recorded_at)
     if "status" in body:
         return AgentStatusChanged(agent_id=body["agent_id"], status=AgentStatus(body["status"]),
-                                  **common)
+                                  event_time=at, source=source, source_event_id=event_id,
+                                  recorded_at=recorded_at)
     raise RecordInvalidError("LifecycleEvent: unknown event body")
 
 
