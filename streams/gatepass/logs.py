@@ -54,6 +54,7 @@ __all__ = [
     "decision_log_fields",
     "faust_logging_config",
     "is_secret_name",
+    "log_decision",
     "make_handler",
     "redact_record",
     "redact_text",
@@ -387,6 +388,7 @@ def configure_logging(level: str, *, json: bool = True,
     logging, and returns the handler. A bad level raises ConfigError naming `log_level`.
     """
     handler = make_handler(json=json, stream=stream)
+    _skip_unused_record_fields()
     root = logging.getLogger()
     root.setLevel(_level(level))
     for old in list(root.handlers):
@@ -394,6 +396,16 @@ def configure_logging(level: str, *, json: bool = True,
     root.addHandler(handler)
     logging.captureWarnings(True)
     return handler
+
+
+def _skip_unused_record_fields() -> None:
+    """Neither formatter prints the caller's file and line, thread or process, which
+    `logging` otherwise looks up for every record (a stack walk: about a fifth of the cost
+    of a decision log line). The logging documentation's own "Optimization" advice."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def faust_logging_config(level: str, *, json: bool = True,
@@ -464,3 +476,22 @@ def decision_log_fields(record: Mapping[str, Any]) -> dict[str, Any]:
     if trace_id is not None:
         fields["trace_id"] = trace_id
     return fields
+
+
+# Fields of a decision line whose values come from the agent's intent (or the pushed policy):
+# scanned like any logged value. The others are the decision's own (ids it generated, the
+# verdict, reason codes, a trace id `trace_id_from_context` accepted only as 32 hex).
+_DECISION_FIELDS_SCANNED = ("intent_id", "agent_id", "action", "resource", "policy_version")
+
+
+def log_decision(logger: logging.Logger, record: Mapping[str, Any]) -> None:
+    """`logger.info("decision", extra=decision_log_fields(record))`, cheaper: every decision
+    logs one, so the fields are redacted here, only those that can hold outside text, and
+    the record marked done so the handler's filter does not scan all of them again."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = decision_log_fields(record)
+    for key in _DECISION_FIELDS_SCANNED:
+        fields[key] = redact_value(key, fields[key])
+    fields[_DONE] = True
+    logger.info("decision", extra=fields)

@@ -49,6 +49,7 @@ from gatepass.logs import (
     decision_log_fields,
     faust_logging_config,
     is_secret_name,
+    log_decision,
     make_handler,
     trace_id_from_context,
 )
@@ -599,6 +600,43 @@ def test_decision_fields_of_a_deny_have_no_credential(keystore: KeyStore) -> Non
     assert (fields["decision"], fields["reasons"]) == ("DENY", ["unregistered_agent"])
     assert "credential_id" not in fields and "trace_id" not in fields
     assert verdict["credential"] is None
+
+
+def test_log_decision_writes_the_same_line_as_the_plain_call(keystore: KeyStore,
+                                                            cap: Capture) -> None:
+    record, _ = _decided(keystore, agent="procure-bot", context={"traceparent": TRACEPARENT})
+    cap.log.info("decision", extra=decision_log_fields(record))
+    log_decision(cap.log, record)
+    plain, fast = cap.objects()
+    assert plain.pop("timestamp") and fast.pop("timestamp")
+    assert fast == plain
+
+
+def test_log_decision_still_redacts_what_the_intent_brought(keystore: KeyStore,
+                                                            cap: Capture) -> None:
+    """The decision's own fields are not scanned again; the intent's always are, also when
+    it was malformed (then nothing in it passed validation)."""
+    record, verdict = _decided(keystore, agent="procure-bot", context={})
+    token = verdict["credential"]
+    intent = record["intent"]
+    intent["resource"] = f"https://erp.example/po?access_token={token}"
+    intent["agent_id"] = intent["action"] = f"Bearer {token}"
+    intent["intent_id"] = token
+    record["policy_version"] = f"v1 password={token}"
+    log_decision(cap.log, record)
+    (line,) = cap.objects()
+    text = cap.stream.getvalue()
+    for secret in pass_forms(token):
+        assert secret not in text
+    assert all("[REDACTED:" in line[k]
+               for k in ("resource", "agent_id", "action", "intent_id", "policy_version"))
+
+
+def test_log_decision_is_silent_above_info(keystore: KeyStore, cap: Capture) -> None:
+    record, _ = _decided(keystore, agent="procure-bot", context={})
+    cap.log.setLevel(logging.WARNING)
+    log_decision(cap.log, record)
+    assert cap.lines() == []
 
 
 def test_module_examples_run() -> None:

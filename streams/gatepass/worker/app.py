@@ -42,7 +42,7 @@ from gatepass.core import CedarPolicy, IdentityState
 from gatepass.core.approval import approvable
 from gatepass.credentials import KeyStore, PassIssuer
 from gatepass.errors import BrokerError
-from gatepass.logs import decision_log_fields
+from gatepass.logs import log_decision
 from gatepass.policy import load_policy
 from gatepass.policy.book import PolicyBook
 from gatepass.worker.delivery import DeliveryGuard
@@ -426,7 +426,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         if delivered is not None and out.intent_id is not None:
             audited.note(partition, out.intent_id, delivered)
         if out.record is not None:
-            log.info("decision", extra=decision_log_fields(out.record))
+            log_decision(log, out.record)
         if out.duplicate:
             metrics.redelivered.inc()
         elif out.intent_id is not None and out.hold is None:
@@ -463,7 +463,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             due.discard(pending_key)
         await send(out.records, t.approval_decisions)
         if out.record is not None:
-            log.info("decision", extra=decision_log_fields(out.record))
+            log_decision(log, out.record)
         if out.final is not None and out.reason is not None:
             metrics.approval_outcomes.labels(decision=out.final, reason=out.reason).inc()
             metrics.observe_decision(out.final, (out.reason,), None, out.final == "ALLOW")
@@ -512,7 +512,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             held.discard(hold_key)
         await send(out.records, t.budget_replies)
         if out.record is not None:
-            log.info("decision", extra=decision_log_fields(out.record))
+            log_decision(log, out.record)
         if out.intent_id is not None and not out.duplicate and out.decision:
             metrics.observe_decision(out.decision, out.reasons, out.requested_at, out.issued)
 
