@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks.common import REPO
 from gatepass.config import Settings
+from gatepass.transport.faust_consumer import use_short_fetch_wait
 from gatepass.worker.process import WorkerProcess
 
 TEMPLATE_ENV = "BENCH_ECHO_TEMPLATE"
@@ -46,6 +47,7 @@ def create_echo_app(settings: Settings, template: bytes) -> Any:
         web_host=settings.web_host, web_port=settings.web_port,
         datadir=str(settings.home / "echo" / settings.app_id), autodiscover=False,
         table_standby_replicas=0)
+    use_short_fetch_wait(app)  # as the worker does
     intents = app.topic(t.intents, partitions=settings.partitions, key_type=bytes,
                         value_type=bytes, key_serializer="raw", value_serializer="raw")
 

@@ -45,6 +45,7 @@ from gatepass.errors import BrokerError
 from gatepass.logs import log_decision
 from gatepass.policy import load_policy
 from gatepass.policy.book import PolicyBook
+from gatepass.transport.faust_consumer import use_short_fetch_wait
 from gatepass.worker.delivery import DeliveryGuard
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
@@ -160,6 +161,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         autodiscover=False,
         table_standby_replicas=0,
     )
+    use_short_fetch_wait(app)
+
     def raw_topic(name: str) -> Any:
         return app.topic(name, partitions=settings.partitions, key_type=bytes,
                          value_type=bytes, key_serializer="raw", value_serializer="raw")
