@@ -747,7 +747,7 @@ def test_schema_invalid_input_is_dead_lettered_or_denied(worker: Worker) -> None
         assert [r.topic for r in lifecycle] == [t.dead_letter]
         checks, remember = worker.rt.pipeline.on_orphan_check(b"ghost-bot", value or b"x",
                                                               partition=0, offset=1, memo={})
-        assert [r.topic for r in checks] == [t.dead_letter] and remember is None
+        assert [r.topic for r in checks] == [t.dead_letter] and remember == []
     assert worker.decided == {} and worker.pending == {}
     assert (dict(worker.rt.identity.agents), dict(worker.rt.identity.principals)) == \
         identity_before

@@ -506,6 +506,8 @@ def test_fuzz_identity_topic(keystore: KeyStore, fuzz_target: Callable[[str], Ta
                 assert r.topic == TOPICS.orphan_checks, r.topic
                 check = SCHEMAS.orphan_check.decode(r.value)
                 assert r.key == check["agent_id"].encode()
+                assert {partition_for(a, N) for a in [check["agent_id"],
+                                                      *check["more_agent_ids"]]} == {r.partition}
                 target.count("orphan_check")
         if not out:
             target.count("applied_quietly")
@@ -521,6 +523,7 @@ def orphan_check_inputs(draw: Any) -> tuple[bytes | None, bytes]:
     agent = draw(texts(*AGENTS, "new-bot"))
     value = raw_encode(SCHEMAS.orphan_check, {
         "agent_id": agent,
+        "more_agent_ids": draw(st.lists(texts(*AGENTS, "new-bot"), max_size=4)),
         "trigger": draw(st.sampled_from(["owner_deactivated", "intent_denied",
                                          "agent_registered"])),
         "intent_id": draw(st.one_of(st.none(), texts(FRESH_ID))),
@@ -540,8 +543,8 @@ def test_fuzz_orphan_checks(keystore: KeyStore, fuzz_target: Callable[[str], Tar
                                  ("helper-bot", "nobody", NOW)]]
     records, remember = pipeline.on_orphan_check(b"ghost-bot", seed_checks[0], partition=0,
                                                  offset=0, memo={})
-    assert records and remember is not None
-    memo = {remember[0]: remember[1]}
+    assert records and remember
+    memo = dict(remember)
     frozen_memo = dict(memo)
     before = snapshot(pipeline.identity)
     seeds = st.one_of(st.sampled_from(seed_checks), orphan_check_inputs().map(lambda t: t[1]))
@@ -562,19 +565,20 @@ def test_fuzz_orphan_checks(keystore: KeyStore, fuzz_target: Callable[[str], Tar
             check = SCHEMAS.orphan_check.decode(value)
         except DecodeError:
             code = assert_dead_letter(out, TOPICS.orphan_checks, key, value, 9)
-            assert remember is None
+            assert remember == []
             target.count(f"dead_letter:{code}")
             return
         if not out:
-            assert remember is None
+            assert remember == []
             target.count("no_alert")
             return
-        assert len(out) == 1 and out[0].topic == TOPICS.orphans
-        alert = SCHEMAS.orphan_alert.decode(out[0].value)
-        assert alert["agent_id"] == check["agent_id"]
-        assert remember == (check["agent_id"], out[0].value)
-        target.count("alert")
+        named = list(dict.fromkeys([check["agent_id"], *check["more_agent_ids"]]))
+        assert {r.topic for r in out} == {TOPICS.orphans}
+        alerted = [SCHEMAS.orphan_alert.decode(r.value)["agent_id"] for r in out]
+        assert len(set(alerted)) == len(alerted) and set(alerted) <= set(named)
+        assert remember == [(a, r.value) for a, r in zip(alerted, out, strict=True)]
+        target.count("alert" if len(out) == 1 else "alerts")
 
     run()
     assert target.inputs >= EXAMPLES
-    assert target.outcomes["alert"] > 0
+    assert target.outcomes["alert"] > 0 and target.outcomes["alerts"] > 0

@@ -566,10 +566,11 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         records, remember = rt.pipeline.on_orphan_check(key, value, partition=partition,
                                                         offset=offset,
                                                         memo=alerted_in(partition))
-        if remember is not None:
-            alerted[remember[0].encode()] = remember[1]
-            trigger = rt.schemas.orphan_alert.decode(remember[1])["trigger"]
-            metrics.orphan_alerts.labels(trigger=trigger).inc()
+        for agent_id, alert in remember:
+            alerted[agent_id.encode()] = alert
+        if remember:  # one check, one trigger
+            trigger = rt.schemas.orphan_alert.decode(remember[0][1])["trigger"]
+            metrics.orphan_alerts.labels(trigger=trigger).inc(len(remember))
         await send(records, t.orphan_checks)
 
     @app.agent(orphan_checks)

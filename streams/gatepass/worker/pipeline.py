@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -60,11 +60,14 @@ from gatepass.logs import redact_value
 from gatepass.policy.book import PolicyBook
 from gatepass.transport import partition_for
 
-__all__ = ["ApprovalOutcome", "BudgetOutcome", "IntentOutcome", "Outgoing", "Pipeline",
-           "request_id_for"]
+__all__ = ["ORPHAN_CHECK_CHUNK", "ApprovalOutcome", "BudgetOutcome", "IntentOutcome",
+           "Outgoing", "Pipeline", "request_id_for"]
 
 log = logging.getLogger("gatepass.worker")
 _ALERT_NS = uuid.UUID("6f1d7c52-1b3e-4f59-9a0e-4c3f4a5e8d21")
+# Agents named by one orphan check of an owner's deactivation (one event raises that many
+# alerts back to back; a chunk stays far below a record's size limit).
+ORPHAN_CHECK_CHUNK = 100
 # Fixed forever: request ids and approval alert ids are derived from intent and decision ids.
 _REQUEST_NS = uuid.UUID("0b7e3f0e-5d2a-4c8e-9f61-2a4d8c1e7b93")
 _APPROVAL_ALERT_NS = uuid.UUID("3c9a1d47-8e2b-4f06-b5d3-7a1e9c4f2b68")
@@ -797,9 +800,11 @@ class Pipeline:
 
     # ---- orphans -------------------------------------------------------------------------
     def _orphan_check(self, agent_id: str, trigger: str, facts: IdentityFacts | None,
-                      now: datetime, intent_id: str | None = None) -> bytes:
+                      now: datetime, intent_id: str | None = None,
+                      more: Sequence[str] = ()) -> bytes:
         return self.schemas.orphan_check.encode({
-            "agent_id": agent_id, "trigger": trigger, "intent_id": intent_id,
+            "agent_id": agent_id, "more_agent_ids": list(more), "trigger": trigger,
+            "intent_id": intent_id,
             "owner": facts.owner if facts else None,
             "owner_status": facts.owner_status if facts else None,
             "owner_status_at": facts.owner_status_at if facts else None,
@@ -827,20 +832,24 @@ class Pipeline:
                                 self.schemas.lifecycle.encode(lifecycle_to_record(winner)),
                                 partition))
             return out
-        checks: list[tuple[str, str]] = []
+        checks: list[str] = []
+        trigger = "owner_deactivated"
         if isinstance(event, PrincipalStatusChanged):
             rec = self.identity.principal(event.principal_id)
             if (rec is not None and rec.status is not PrincipalStatus.ACTIVE
                     and rec.status_at == event.event_time and rec.status == event.status):
-                checks = [(a, "owner_deactivated")
-                          for a in self.identity.agents_owned_by(event.principal_id)]
+                checks = list(self.identity.agents_owned_by(event.principal_id))
         elif isinstance(event, AgentRegistered):
             agent = self.identity.agent(event.agent_id)
             if (agent is not None and agent.registered_at == event.event_time
                     and agent.owner == event.owner
                     and not self.identity.owner_active(event.owner)):
-                checks = [(event.agent_id, "agent_registered")]
-        for agent_id, trigger in checks:
+                checks, trigger = [event.agent_id], "agent_registered"
+        # Co-partitioned with the agents' intents (the worker owning them owns their alerts),
+        # in chunks of agents that share a partition and their owner's facts: one event per
+        # chunk instead of one per agent is what lets 1,000 alerts go out within a second.
+        chunks: dict[tuple[int, IdentityFacts], list[str]] = {}
+        for agent_id in checks:
             agent = self.identity.agent(agent_id)
             if agent is None or agent.status is AgentStatus.DECOMMISSIONED:
                 continue
@@ -848,44 +857,57 @@ class Pipeline:
             facts = IdentityFacts(owner=agent.owner,
                                   owner_status=owner.status.value if owner else None,
                                   owner_status_at=owner.status_at if owner else None)
-            # Co-partitioned with the agent's intents: the worker owning them owns its alerts.
-            out.append(Outgoing(self.topics.orphan_checks, agent_id.encode(),
-                                self._orphan_check(agent_id, trigger, facts, now),
-                                partition_for(agent_id, self.settings.partitions)))
+            chunks.setdefault((partition_for(agent_id, self.settings.partitions), facts),
+                              []).append(agent_id)
+        for (target, facts), agents in chunks.items():
+            for i in range(0, len(agents), ORPHAN_CHECK_CHUNK):
+                chunk = agents[i:i + ORPHAN_CHECK_CHUNK]
+                out.append(Outgoing(self.topics.orphan_checks, chunk[0].encode(),
+                                    self._orphan_check(chunk[0], trigger, facts, now,
+                                                       more=chunk[1:]), target))
         return out
 
     def on_orphan_check(self, key: bytes | None, value: bytes | None, *, partition: int,
-                        offset: int, memo: Mapping[str, bytes]) -> tuple[list[Outgoing],
-                                                                         tuple[str, bytes] | None]:
-        """One orphan alert per agent per owner deactivation, however many checks arrive."""
+                        offset: int, memo: Mapping[str, bytes]
+                        ) -> tuple[list[Outgoing], list[tuple[str, bytes]]]:
+        """One orphan alert per agent per owner deactivation, however many checks arrive.
+
+        A check names one agent or a chunk of one owner's agents (`more_agent_ids`). Returns
+        the alerts to send and what the caller writes to the `alerted` memo: one
+        (agent id, alert) per alert raised, in order.
+        """
         now = _now_ms(self.clock)
         try:
             check = self.schemas.orphan_check.decode(value)
         except DecodeError as exc:
             return [self.dead_letter(self.topics.orphan_checks, partition, offset, key, value,
-                                     exc, now)], None
-        agent_id, owner = check["agent_id"], check.get("owner")
+                                     exc, now)], []
+        owner = check.get("owner")
         seen_at: datetime | None = check.get("owner_status_at")
         current = self.identity.principal(owner) if owner else None
         if current is not None and current.status is PrincipalStatus.ACTIVE and (
                 seen_at is None or current.status_at > seen_at):
-            return [], None  # the owner was reinstated after the check was raised
-        previous = memo.get(agent_id)
-        if previous is not None:
-            prev = self.schemas.orphan_alert.decode(previous)
-            if prev.get("owner") == owner and prev.get("owner_status_at") == seen_at:
-                return [], None
-        agent = self.identity.agent(agent_id)
-        episode = f"{agent_id}|{owner}|{seen_at.isoformat() if seen_at else 'unknown'}"
-        alert = self.schemas.orphan_alert.encode({
-            "alert_id": str(uuid.uuid5(_ALERT_NS, episode)), "agent_id": agent_id,
-            "owner": owner, "owner_status": check.get("owner_status"),
-            "owner_status_at": seen_at, "purpose": agent.purpose if agent else None,
-            "department": agent.department if agent else None,
-            "contact": agent.contact if agent else None, "trigger": check["trigger"],
-            "intent_id": check.get("intent_id"), "detected_at": now})
-        return [Outgoing(self.topics.orphans, agent_id.encode(), alert, partition)], \
-            (agent_id, alert)
+            return [], []  # the owner was reinstated after the check was raised
+        records: list[Outgoing] = []
+        alerted: list[tuple[str, bytes]] = []
+        for agent_id in dict.fromkeys([check["agent_id"], *check.get("more_agent_ids", ())]):
+            previous = memo.get(agent_id)
+            if previous is not None:
+                prev = self.schemas.orphan_alert.decode(previous)
+                if prev.get("owner") == owner and prev.get("owner_status_at") == seen_at:
+                    continue
+            agent = self.identity.agent(agent_id)
+            episode = f"{agent_id}|{owner}|{seen_at.isoformat() if seen_at else 'unknown'}"
+            alert = self.schemas.orphan_alert.encode({
+                "alert_id": str(uuid.uuid5(_ALERT_NS, episode)), "agent_id": agent_id,
+                "owner": owner, "owner_status": check.get("owner_status"),
+                "owner_status_at": seen_at, "purpose": agent.purpose if agent else None,
+                "department": agent.department if agent else None,
+                "contact": agent.contact if agent else None, "trigger": check["trigger"],
+                "intent_id": check.get("intent_id"), "detected_at": now})
+            records.append(Outgoing(self.topics.orphans, agent_id.encode(), alert, partition))
+            alerted.append((agent_id, alert))
+        return records, alerted
 
     # ---- dead letters --------------------------------------------------------------------
     def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,

@@ -123,7 +123,7 @@ def _lifecycle(pipeline: Any, event: PrincipalStatusChanged) -> list[Any]:
                                  partition=partition_for(key, N), offset=1)
 
 
-def test_the_plan_raises_no_check_its_promotion_one_per_agent(tmp_path: Any) -> None:
+def test_the_plan_raises_no_check_its_promotion_checks_every_agent(tmp_path: Any) -> None:
     identity = world()
     pipeline = _pipeline(identity, tmp_path)
     assert _lifecycle(pipeline, PLAN) == []  # recorded, not yet in force
@@ -131,7 +131,8 @@ def test_the_plan_raises_no_check_its_promotion_one_per_agent(tmp_path: Any) -> 
     event = lifecycle_from_record(schemas().lifecycle.decode(promoted.value))
     identity.apply(event)  # the worker's view applies it before the fan-out sees it
     checks = [schemas().orphan_check.decode(r.value) for r in _lifecycle(pipeline, event)]
-    assert sorted(c["agent_id"] for c in checks) == ["helper-bot", "procure-bot"]
+    named = [a for c in checks for a in [c["agent_id"], *c["more_agent_ids"]]]
+    assert sorted(named) == ["helper-bot", "procure-bot"]
     assert {(c["trigger"], c["owner_status"], c["owner_status_at"]) for c in checks} == {
         ("owner_deactivated", "offboarded", PLAN.event_time)}
 

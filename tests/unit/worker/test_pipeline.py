@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from gatepass.codec import MARKER, schema_dir, schemas
+from gatepass.codec import MARKER, SchemaSet, schema_dir, schemas
 from gatepass.codec.records import intent_to_record, lifecycle_from_record, lifecycle_to_record
 from gatepass.config import Settings
 from gatepass.core import (
@@ -41,6 +42,7 @@ from gatepass.errors import KeyStoreError
 from gatepass.policy import load_policy
 from gatepass.transport import partition_for
 from gatepass.worker import IntentOutcome, Outgoing, Pipeline
+from gatepass.worker.pipeline import ORPHAN_CHECK_CHUNK
 
 NOW = datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=UTC)  # microseconds: Avro keeps millis
 NOW_MS = NOW.replace(microsecond=123000)
@@ -233,9 +235,9 @@ def test_owner_inactive_emits_an_orphan_check(rig: Rig) -> None:
     assert (check_record.key, check_record.partition) == (b"ghost-bot",
                                                           partition_for("ghost-bot", N))
     check = schemas().orphan_check.decode(check_record.value)
-    assert check == {"agent_id": "ghost-bot", "trigger": "intent_denied", "intent_id": INTENT_ID,
-                     "owner": "gone", "owner_status": "offboarded", "owner_status_at": T0,
-                     "requested_at": NOW_MS}
+    assert check == {"agent_id": "ghost-bot", "more_agent_ids": [], "trigger": "intent_denied",
+                     "intent_id": INTENT_ID, "owner": "gone", "owner_status": "offboarded",
+                     "owner_status_at": T0, "requested_at": NOW_MS}
 
 
 def test_other_denials_emit_no_orphan_check(rig: Rig) -> None:
@@ -420,25 +422,45 @@ def offboard_sarah(at: datetime = OFFBOARDED_AT,
                                   source="hr-feed", source_event_id=f"hr-{at.timestamp():.0f}")
 
 
-def test_offboarded_owner_gets_one_check_per_active_agent(rig: Rig) -> None:
+def test_offboarded_owner_gets_one_check_naming_every_active_agent(rig: Rig) -> None:
     out = observe(rig, offboard_sarah())
-    # retired-bot (decommissioned) gets none; each check is co-partitioned with its agent
+    # retired-bot (decommissioned) is not named; helper-bot and procure-bot share a partition,
+    # so one check names both, keyed and placed like the first of them
+    assert partition_for("helper-bot", N) == partition_for("procure-bot", N)
     assert [(r.topic, r.key, r.partition) for r in out] == [
-        (TOPICS.orphan_checks, b"helper-bot", partition_for("helper-bot", N)),
-        (TOPICS.orphan_checks, b"procure-bot", partition_for("procure-bot", N))]
+        (TOPICS.orphan_checks, b"helper-bot", partition_for("helper-bot", N))]
     # not the identity record's partition: that one is keyed by the principal's fact
     assert partition_for(b"principal:sarah/status", N) not in {r.partition for r in out}
+    check = schemas().orphan_check.decode(out[0].value)
+    assert check == {"agent_id": "helper-bot", "more_agent_ids": ["procure-bot"],
+                     "trigger": "owner_deactivated", "intent_id": None, "owner": "sarah",
+                     "owner_status": "offboarded", "owner_status_at": OFFBOARDED_AT,
+                     "requested_at": NOW_MS}
+
+
+def test_many_agents_are_checked_in_chunks_each_in_its_agents_partition(rig: Rig) -> None:
+    many = [f"bulk-bot-{i:03d}" for i in range(3 * ORPHAN_CHECK_CHUNK)]
+    for agent in many:
+        observe(rig, AgentRegistered(agent_id=agent, owner="sarah", purpose="procurement",
+                                     event_time=T0, source="okta"))
+    out = observe(rig, offboard_sarah())
+    named: list[str] = []
     for record in out:
         check = schemas().orphan_check.decode(record.value)
-        assert check == {"agent_id": (record.key or b"").decode(), "trigger": "owner_deactivated",
-                         "intent_id": None, "owner": "sarah", "owner_status": "offboarded",
-                         "owner_status_at": OFFBOARDED_AT, "requested_at": NOW_MS}
+        chunk = [check["agent_id"], *check["more_agent_ids"]]
+        assert record.key == chunk[0].encode()
+        assert 1 <= len(chunk) <= ORPHAN_CHECK_CHUNK
+        assert {partition_for(a, N) for a in chunk} == {record.partition}
+        named += chunk
+    assert sorted(named) == sorted([*many, "helper-bot", "procure-bot"])  # each agent once
+    assert len(out) < len(named) // 10  # chunks, not one check per agent
 
 
 def test_suspension_is_a_deactivation_too(rig: Rig) -> None:
     out = observe(rig, offboard_sarah(status=PrincipalStatus.SUSPENDED))
-    assert [r.key for r in out] == [b"helper-bot", b"procure-bot"]
-    assert schemas().orphan_check.decode(out[0].value)["owner_status"] == "suspended"
+    check = schemas().orphan_check.decode(out[0].value)
+    assert [check["agent_id"], *check["more_agent_ids"]] == ["helper-bot", "procure-bot"]
+    assert check["owner_status"] == "suspended"
 
 
 @pytest.mark.parametrize(("label", "late"), [
@@ -544,13 +566,20 @@ class AlertTable:
         records, remember = rig.pipeline.on_orphan_check(
             check.key, check.value, partition=partition_for(check.key or b"", N),
             offset=offset, memo=self.memo)
-        if remember is not None:
-            self.memo[remember[0]] = remember[1]
+        assert [(r.key, r.value) for r in records] == [(a.encode(), v) for a, v in remember]
+        self.memo.update(remember)
         return records
 
 
 def checks_for(out: list[Outgoing], agent: bytes) -> Outgoing:
-    return next(r for r in out if r.key == agent)
+    """The check that names `agent` (alone or in a chunk)."""
+    return next(r for r in out if agent.decode() in (
+        lambda c: [c["agent_id"], *c["more_agent_ids"]])(schemas().orphan_check.decode(r.value)))
+
+
+def alert_for(records: list[Outgoing], agent: bytes) -> dict[str, Any]:
+    (record,) = [r for r in records if r.key == agent]
+    return schemas().orphan_alert.decode(record.value)
 
 
 @pytest.fixture
@@ -561,15 +590,17 @@ def alerts() -> Iterator[AlertTable]:
 def test_first_check_raises_an_alert_and_is_remembered(rig: Rig, alerts: AlertTable) -> None:
     check = checks_for(observe(rig, offboard_sarah()), b"procure-bot")
     out = alerts.check(rig, check)
+    # the check names both of sarah's active agents: one alert each, in their partition
     assert [(r.topic, r.key, r.partition) for r in out] == [
-        (TOPICS.orphans, b"procure-bot", partition_for("procure-bot", N))]
-    alert = schemas().orphan_alert.decode(out[0].value)
+        (TOPICS.orphans, agent, partition_for(agent, N))
+        for agent in (b"helper-bot", b"procure-bot")]
+    alert = alert_for(out, b"procure-bot")
     assert alert | {"alert_id": None} == {
         "alert_id": None, "agent_id": "procure-bot", "owner": "sarah",
         "owner_status": "offboarded", "owner_status_at": OFFBOARDED_AT,
         "purpose": "procurement", "department": "finance", "contact": "sarah@example.com",
         "trigger": "owner_deactivated", "intent_id": None, "detected_at": NOW_MS}
-    assert alerts.memo == {"procure-bot": out[0].value}
+    assert alerts.memo == {"helper-bot": out[0].value, "procure-bot": out[1].value}
 
 
 def test_alert_id_is_deterministic_for_agent_and_owner_event(keystore: KeyStore) -> None:
@@ -577,8 +608,7 @@ def test_alert_id_is_deterministic_for_agent_and_owner_event(keystore: KeyStore)
     for _ in range(2):
         rig = make_rig(keystore)
         check = checks_for(observe(rig, offboard_sarah()), b"procure-bot")
-        ids.append(schemas().orphan_alert.decode(AlertTable().check(rig, check)[0].value)
-                   ["alert_id"])
+        ids.append(alert_for(AlertTable().check(rig, check), b"procure-bot")["alert_id"])
     assert ids[0] == ids[1]
 
 
@@ -609,11 +639,11 @@ def test_a_new_deactivation_episode_raises_a_new_alert(rig: Rig, alerts: AlertTa
     later = OFFBOARDED_AT + timedelta(days=2)
     second = alerts.check(rig, checks_for(observe(rig, offboard_sarah(at=later), offset=2),
                                           b"procure-bot"), offset=1)
-    assert len(first) == len(second) == 1
-    a1, a2 = (schemas().orphan_alert.decode(r[0].value) for r in (first, second))
+    assert len(first) == len(second) == 2  # helper-bot and procure-bot, both times
+    a1, a2 = (alert_for(r, b"procure-bot") for r in (first, second))
     assert a1["alert_id"] != a2["alert_id"]
     assert (a1["owner_status_at"], a2["owner_status_at"]) == (OFFBOARDED_AT, later)
-    assert alerts.memo["procure-bot"] == second[0].value
+    assert alerts.memo["procure-bot"] == next(r.value for r in second if r.key == b"procure-bot")
 
 
 def test_each_agent_of_the_owner_gets_its_own_alert(rig: Rig, alerts: AlertTable) -> None:
@@ -622,10 +652,51 @@ def test_each_agent_of_the_owner_gets_its_own_alert(rig: Rig, alerts: AlertTable
     assert sorted(alerts.memo) == ["helper-bot", "procure-bot"]
 
 
+def test_a_chunk_alerts_only_the_agents_not_yet_alerted_for_the_episode(
+        rig: Rig, alerts: AlertTable) -> None:
+    """A chunk redelivered after some of its alerts were remembered (a crash mid-chunk)."""
+    check = checks_for(observe(rig, offboard_sarah()), b"procure-bot")
+    first = alerts.check(rig, check)
+    del alerts.memo["helper-bot"]
+    again = alerts.check(rig, check, offset=1)
+    assert [r.key for r in again] == [b"helper-bot"]
+    assert again[0].value == first[0].value  # the same alert, byte for byte
+
+
+def test_an_agent_named_twice_in_a_check_gets_one_alert(rig: Rig) -> None:
+    observe(rig, offboard_sarah())
+    value = schemas().orphan_check.encode({
+        "agent_id": "procure-bot", "more_agent_ids": ["helper-bot", "procure-bot", "helper-bot"],
+        "trigger": "owner_deactivated", "intent_id": None, "owner": "sarah",
+        "owner_status": "offboarded", "owner_status_at": OFFBOARDED_AT, "requested_at": NOW_MS})
+    records, remember = rig.pipeline.on_orphan_check(
+        b"procure-bot", value, partition=partition_for("procure-bot", N), offset=0, memo={})
+    assert [r.key for r in records] == [b"procure-bot", b"helper-bot"]
+    assert [a for a, _ in remember] == ["procure-bot", "helper-bot"]
+
+
+def test_a_check_written_before_chunks_is_still_read(rig: Rig, tmp_path: Path) -> None:
+    """Generation 4 of the schema named one agent per check; such checks still alert."""
+    observe(rig, offboard_sarah())
+    folder = tmp_path / "schemas"
+    shutil.copytree(schema_dir(), folder)
+    shutil.copy(folder / "history" / "orphan_check.v4.avsc", folder / "orphan_check.avsc")
+    written = SchemaSet.load(folder).orphan_check.encode({
+        "agent_id": "procure-bot", "trigger": "owner_deactivated", "intent_id": None,
+        "owner": "sarah", "owner_status": "offboarded", "owner_status_at": OFFBOARDED_AT,
+        "requested_at": NOW_MS})
+    assert written[2:10] != schemas().orphan_check.fingerprint  # another writer schema
+    assert schemas().orphan_check.decode(written)["more_agent_ids"] == []
+    records, remember = rig.pipeline.on_orphan_check(
+        b"procure-bot", written, partition=partition_for("procure-bot", N), offset=0, memo={})
+    assert [r.key for r in records] == [b"procure-bot"]
+    assert [a for a, _ in remember] == ["procure-bot"]
+
+
 def test_undecodable_orphan_check_is_dead_lettered(rig: Rig) -> None:
     records, remember = rig.pipeline.on_orphan_check(b"procure-bot", b"junk", partition=0,
                                                      offset=5, memo={})
-    assert remember is None
+    assert remember == []
     assert [r.topic for r in records] == [TOPICS.dead_letter]
     letter = schemas().dead_letter.decode(records[0].value)
     assert (letter["source_topic"], letter["source_offset"]) == (TOPICS.orphan_checks, 5)
