@@ -43,7 +43,7 @@ def create_echo_app(settings: Settings, template: bytes) -> Any:
         value_serializer="raw", processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest", broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0, broker_commit_every=1000, broker_commit_interval=1.0,
-        producer_linger_ms=2, producer_acks=-1, web_enabled=True, web_bind=settings.web_host,
+        producer_linger_ms=0, producer_acks=-1, web_enabled=True, web_bind=settings.web_host,
         web_host=settings.web_host, web_port=settings.web_port,
         datadir=str(settings.home / "echo" / settings.app_id), autodiscover=False,
         table_standby_replicas=0)
