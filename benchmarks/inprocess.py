@@ -180,14 +180,16 @@ def policy_eval(calls: int = 20_000, agents: int = 2000) -> dict[str, Any]:
     def cedar(agent: AgentRecord, intent: Intent) -> None:
         policy.check(agent, owner, intent)
 
-    allow_list = {"procurement": {"purchase_order.create": (Decimal("100000"), "USD"),
-                                  "vendor.read": None, "invoice.read": None}}
+    allow_list: dict[str, dict[str, tuple[Decimal, str] | None]] = {
+        "procurement": {"purchase_order.create": (Decimal("100000"), "USD"),
+                        "vendor.read": None, "invoice.read": None}}
     thresholds = {("procurement", "purchase_order.create"): Decimal("10000")}
 
     def baseline(agent: AgentRecord, intent: Intent) -> None:
-        rule = allow_list.get(agent.purpose or "", {}).get(intent.action, False)
-        if rule is False:
+        actions = allow_list.get(agent.purpose or "", {})
+        if intent.action not in actions:
             return
+        rule = actions[intent.action]
         if rule is not None and (intent.amount is None or intent.currency != rule[1]
                                  or intent.amount > rule[0]):
             return

@@ -307,7 +307,7 @@ def read_to_end(settings: Settings, topic: str, codec: RecordCodec,
             for msg in consumer.consume(1000, timeout=0.2):
                 if msg.error():
                     continue
-                positions[msg.partition()] = msg.offset() + 1
+                positions[msg.partition()] = (msg.offset() or 0) + 1
                 if msg.value() is not None:
                     records.append(codec.decode(msg.value()))
         missing = {p: ends[p] - positions[p] for p in ends if positions[p] < ends[p]}

@@ -277,7 +277,7 @@ def _locate_lost(settings: Settings, lost: set[str]) -> None:
             except Exception:
                 continue
             if iid in lost:
-                found[iid] = (msg.partition(), msg.offset(), msg.timestamp()[1])
+                found[iid] = (msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1])
     finally:
         consumer.close()
     audited = {r["intent"]["intent_id"] for r in read_topic(

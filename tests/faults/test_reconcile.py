@@ -22,7 +22,7 @@ def alert(agent: str, detected: datetime, alert_id: str = "x") -> dict[str, obje
 
 
 def run(verdicts: dict[str, list[SeenVerdict]], alerts: list[dict[str, object]],
-        acked: set[str] | None = None):  # type: ignore[no-untyped-def]
+        acked: set[str] | None = None):
     agent_of = {"i1": "a1", "i2": "a2", "i3": "a2"}
     return reconcile(acked=acked if acked is not None else set(verdicts), agent_of=agent_of,
                      verdicts=verdicts, audit=[], alerts=alerts, agents=AGENTS,
