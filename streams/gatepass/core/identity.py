@@ -152,8 +152,8 @@ def _same_fact(a: LifecycleEvent, b: LifecycleEvent) -> bool:
 class IdentityState:
     """All agents and principals, folded from the lifecycle topic. Not thread-safe."""
 
-    __slots__ = ("_agent_reg_order", "_agent_status_order", "_owned", "_principal_events",
-                 "_scheduled", "_unwritten", "agents", "principals")
+    __slots__ = ("_agent_key_order", "_agent_reg_order", "_agent_status_order", "_owned",
+                 "_principal_events", "_scheduled", "_unwritten", "agents", "principals")
 
     def __init__(self) -> None:
         self.agents: dict[str, AgentRecord] = {}
@@ -162,6 +162,9 @@ class IdentityState:
         self.principals: dict[str, PrincipalRecord] = {}
         self._owned: dict[str, set[str]] = {}
         self._agent_reg_order: dict[str, _OrderKey] = {}
+        # Per keyed agent: the order of the registration its key came from. A key is kept
+        # by registrations without one (see `_apply_registration`).
+        self._agent_key_order: dict[str, _OrderKey] = {}
         self._agent_status_order: dict[str, _OrderKey] = {}
         self._principal_events: dict[str, PrincipalStatusChanged] = {}
         self._scheduled: dict[str, PrincipalStatusChanged] = {}
@@ -259,8 +262,12 @@ class IdentityState:
         return None
 
     def holds(self, event: LifecycleEvent) -> bool:
-        """Whether the fact behind `event`'s key is `event` already (a redelivery)."""
+        """Whether the fact behind `event`'s key is `event` already (a redelivery), or
+        applying it would change nothing (a registration without a key, the rest equal)."""
         winner = self.winning_event(lifecycle_key(event))
+        if (isinstance(event, AgentRegistered) and isinstance(winner, AgentRegistered)
+                and event.public_key is None):
+            event = replace(event, public_key=winner.public_key)
         return winner is not None and _same_fact(winner, event)
 
     def needs_repair(self, event: LifecycleEvent) -> LifecycleEvent | None:
@@ -284,12 +291,40 @@ class IdentityState:
         return self._apply_principal_status(event)
 
     def _apply_registration(self, ev: AgentRegistered) -> Applied:
+        """The newest registration's facts; the key of the newest registration with a key.
+
+        A registration without a public key keeps the agent's key: an IdP connector or an
+        importer that knows nothing of keys re-registering an agent must not switch off its
+        signature requirement (a downgrade). A key is replaced by a newer registration with
+        another key, never removed. Order-independent: a keyed registration delivered after
+        a newer keyless one still brings its key. The fan-out writes the merged registration
+        back (`needs_repair`), so compaction cannot keep the keyless record alone.
+        """
         key = _order(ev, 0)
         prev = self._agent_reg_order.get(ev.agent_id)
         if prev is not None and key <= prev:
-            return Applied(False)
+            # Its facts lost; its key counts if no newer registration brought one (ties, as
+            # between a merged write-back and a late key, go to the greater key: a total
+            # order, so every view and the repairs agree).
+            if ev.public_key is None:
+                return Applied(False)
+            agent = self.agents[ev.agent_id]
+            key_from = self._agent_key_order.get(ev.agent_id)
+            if key_from is not None and agent.public_key is not None and (
+                    (key, ev.public_key) <= (key_from, agent.public_key)):
+                return Applied(False)
+            self._agent_key_order[ev.agent_id] = key
+            if agent.public_key == ev.public_key:
+                return Applied(False)  # the same key, now known from a newer record
+            self.agents[ev.agent_id] = replace(agent, public_key=ev.public_key)
+            return Applied(True)
         self._agent_reg_order[ev.agent_id] = key
         old = self.agents.get(ev.agent_id)
+        public_key = ev.public_key
+        if public_key is not None:
+            self._agent_key_order[ev.agent_id] = key
+        elif old is not None:
+            public_key = old.public_key
         if old is not None and old.owner and old.owner != ev.owner:
             self._owned.get(old.owner, set()).discard(ev.agent_id)
         self._owned.setdefault(ev.owner, set()).add(ev.agent_id)
@@ -298,11 +333,11 @@ class IdentityState:
             self.agents[ev.agent_id] = AgentRecord(
                 agent_id=ev.agent_id, owner=ev.owner, purpose=ev.purpose,
                 department=ev.department, contact=ev.contact, created_by=ev.created_by,
-                public_key=ev.public_key, registered_at=ev.event_time)
+                public_key=public_key, registered_at=ev.event_time)
         else:
             self.agents[ev.agent_id] = replace(
                 old, owner=ev.owner, purpose=ev.purpose, department=ev.department,
-                contact=ev.contact, created_by=ev.created_by, public_key=ev.public_key,
+                contact=ev.contact, created_by=ev.created_by, public_key=public_key,
                 registered_at=ev.event_time)
         orphan = None if self.owner_active(ev.owner) else ev.agent_id
         return Applied(True, agent_registered_orphan=orphan)

@@ -149,7 +149,8 @@ AGENT_STATUS_EVENTS = st.builds(
 REGISTRATIONS = st.lists(st.builds(
     AgentRegistered, agent_id=st.sampled_from(["procure-bot", "helper-bot"]),
     owner=st.sampled_from(["sarah", "tom"]), purpose=st.sampled_from(["procurement", "support"]),
-    event_time=TIMES.map(at), source=SOURCES, source_event_id=EVENT_IDS),
+    event_time=TIMES.map(at), source=SOURCES, source_event_id=EVENT_IDS,
+    public_key=st.sampled_from([None, None, "key-1", "key-2"])),
     unique_by=lambda e: (e.agent_id, e.event_time, e.source, e.source_event_id), max_size=6)
 
 
@@ -244,6 +245,95 @@ def test_a_late_older_registration_does_not_move_the_agent_back() -> None:
     assert state.apply(registered("procure-bot", "sarah", 5)) == Applied(False)
     assert state.agents_owned_by("sarah") == []
     assert state.agents_owned_by("tom") == ["procure-bot"]
+
+
+# ---- a registered key is kept by registrations without one ------------------------------
+def keyed(agent: str, owner: str, t: int, key: str, *, event_id: str = "") -> AgentRegistered:
+    return AgentRegistered(agent_id=agent, owner=owner, purpose="procurement",
+                           event_time=at(t), source="cli", source_event_id=event_id,
+                           public_key=key)
+
+
+def test_keyless_re_registration_keeps_the_key_and_takes_the_rest() -> None:
+    """The downgrade attack: an IdP sync (or an importer) that knows nothing of keys
+    re-registers a keyed agent; its signature requirement must not go with it."""
+    state = fold([keyed("procure-bot", "sarah", 0, "key-1")])
+    sync = registered("procure-bot", "tom", 10, purpose="support")
+    assert state.apply(sync).changed
+    agent = state.agents["procure-bot"]
+    assert (agent.public_key, agent.owner, agent.purpose) == ("key-1", "tom", "support")
+
+
+def test_a_newer_keyed_registration_replaces_the_key() -> None:
+    state = fold([keyed("procure-bot", "sarah", 0, "key-1"),
+                  keyed("procure-bot", "sarah", 10, "key-2")])
+    assert state.agents["procure-bot"].public_key == "key-2"
+
+
+def test_a_late_keyed_registration_brings_its_key_but_not_its_older_facts() -> None:
+    state = fold([registered("procure-bot", "tom", 10)])
+    assert state.apply(keyed("procure-bot", "sarah", 0, "key-1")).changed
+    agent = state.agents["procure-bot"]
+    assert (agent.public_key, agent.owner) == ("key-1", "tom")
+    # the key of the newest registration that has one: a later-delivered t=5 beats t=0
+    assert state.apply(keyed("procure-bot", "sarah", 5, "key-0")).changed
+    assert state.agents["procure-bot"].public_key == "key-0"
+    state.apply(keyed("procure-bot", "tom", 20, "key-2"))
+    assert not state.apply(keyed("procure-bot", "sarah", 15, "key-9")).changed
+    assert state.agents["procure-bot"].public_key == "key-2"
+
+
+def test_keyless_re_registration_is_written_back_with_the_key() -> None:
+    """Compaction keeps the newest record per key: the keyless one alone would lose the key
+    for every worker that loads later. The fan-out writes the merged registration back."""
+    first, sync = keyed("procure-bot", "sarah", 0, "key-1"), registered("procure-bot", "tom", 10)
+    state = fold([first, sync])
+    merged = state.needs_repair(sync)
+    assert merged == AgentRegistered(agent_id="procure-bot", owner="tom", purpose="procurement",
+                                     event_time=at(10), source="okta", public_key="key-1")
+    assert not state.apply(merged).changed  # nothing new for a view that has both
+    assert state.needs_repair(merged) is None  # and no repair loop
+    compacted = fold([merged])  # what a worker loading after compaction sees
+    assert compacted.agents["procure-bot"] == state.agents["procure-bot"]
+
+
+def test_a_late_keyed_registration_is_written_back_merged_too() -> None:
+    sync, late = registered("procure-bot", "tom", 10), keyed("procure-bot", "sarah", 0, "key-1")
+    state = fold([sync, late])
+    merged = state.needs_repair(late)
+    assert merged is not None and (merged.owner, merged.public_key) == ("tom", "key-1")
+    assert fold([merged]).agents["procure-bot"] == state.agents["procure-bot"]
+
+
+def test_a_keyless_registration_equal_but_for_the_key_is_held() -> None:
+    """So an importer re-importing a keyed agent publishes nothing, and the fan-out writes
+    no repair for it."""
+    state = fold([keyed("procure-bot", "sarah", 0, "key-1")])
+    same = AgentRegistered(agent_id="procure-bot", owner="sarah", purpose="procurement",
+                           event_time=at(0), source="cli")
+    assert state.holds(same)
+    assert not state.holds(registered("procure-bot", "tom", 10))
+
+
+@given(registrations=REGISTRATIONS, data=st.data())
+def test_the_compacted_topic_after_the_repair_writes_rebuilds_the_same_agents(
+        registrations: list[AgentRegistered], data: st.DataObject) -> None:
+    """The log as the fan-out leaves it: every record applied in log order, each repair it
+    calls for appended; compaction then keeps the last record per key. A worker loading
+    only those must know what a worker that saw everything knows, keys included."""
+    log: list[LifecycleEvent] = list(data.draw(st.permutations(registrations)))
+    live = IdentityState()
+    for i in range(100):
+        if i == len(log):
+            break
+        live.apply(log[i])
+        winner = live.needs_repair(log[i])
+        if winner is not None:
+            log.append(winner)
+    else:
+        raise AssertionError("repairs did not settle")
+    compacted = {lifecycle_key(e): e for e in log}
+    assert fold(list(compacted.values())).agents == live.agents
 
 
 def test_re_registration_keeps_the_agent_status() -> None:

@@ -8,7 +8,7 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any
 
 import fastavro
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gatepass.codec import MARKER, SchemaSet, schema_dir, schemas
 from gatepass.codec.records import intent_to_record, lifecycle_from_record, lifecycle_to_record
@@ -40,6 +41,7 @@ from gatepass.credentials import (
 from gatepass.credentials.issuer import IssuedPass
 from gatepass.errors import KeyStoreError
 from gatepass.policy import load_policy
+from gatepass.sdk import agent_public_key
 from gatepass.transport import partition_for
 from gatepass.worker import IntentOutcome, Outgoing, Pipeline
 from gatepass.worker.pipeline import ORPHAN_CHECK_CHUNK
@@ -513,6 +515,25 @@ def test_agent_registered_to_an_inactive_owner_gets_a_check(rig: Rig) -> None:
     check = schemas().orphan_check.decode(out[0].value)
     assert (check["trigger"], check["owner"], check["owner_status"]) == (
         "agent_registered", "gone", "offboarded")
+
+
+def test_keyless_re_registration_of_a_keyed_agent_is_written_back_with_its_key(
+        rig: Rig) -> None:
+    """An IdP sync re-registers a keyed agent without its key: the view keeps the key, and
+    the fan-out writes the merged registration under the same key, so compaction cannot
+    leave the keyless record alone (a later worker would then not require signatures)."""
+    key = agent_public_key(Ed25519PrivateKey.generate())
+    observe(rig, AgentRegistered(agent_id="keyed-bot", owner="tom", purpose="procurement",
+                                 event_time=T0, source="cli", public_key=key))
+    sync = AgentRegistered(agent_id="keyed-bot", owner="tom", purpose="procurement",
+                           department="finance", event_time=NOW_MS, source="okta")
+    out = observe(rig, sync, offset=1)
+    record_key = b"agent:keyed-bot/registration"
+    assert [(r.topic, r.key, r.partition) for r in out] == [
+        (TOPICS.identity, record_key, partition_for(record_key, N))]
+    merged = lifecycle_from_record(schemas().lifecycle.decode(out[0].value))
+    assert merged == replace(sync, public_key=key)
+    assert observe(rig, merged, offset=2) == []  # applied, nothing more to repair
 
 
 def test_agent_registered_to_an_active_owner_gets_none(rig: Rig) -> None:
