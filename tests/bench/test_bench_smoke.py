@@ -66,6 +66,9 @@ def test_the_results_are_well_formed(smoke: dict) -> None:
         assert figures["latency"]["count"] > 0, key
         assert figures["backlog_samples"], key
     assert data["revoke"]["revoke"]["count"] == data["revoke"]["repeats"] > 0
+    assert data["revoke"]["revoke_from_acknowledgement"]["count"] == data["revoke"]["repeats"]
+    assert data["revoke"]["revoke_from_acknowledgement"]["p50_ms"] <= \
+        data["revoke"]["revoke"]["p50_ms"]
     assert data["orphans"]["complete"] is True
     assert data["recovery"]["identities_held"] >= data["recovery"]["identities_written"]
     assert set(data["targets"]) == set(TARGETS)
