@@ -212,6 +212,10 @@ class Run:
                     50_000 if p.name != "smoke" else 2000)
                 self.progress.note(f"{figures['us_per_intent_cpu']} us per intent "
                                    f"(ceiling {figures['ceiling_per_s']:,}/s on one core)")
+                fold = self.results["identity_fold_alone"]
+                self.progress.note(f"identity fold {fold['us_per_record_cpu']} us per record "
+                                   f"(fastavro path {fold['baseline_fastavro_us_per_record_cpu']}"
+                                   f" us)")
                 self.results["policy_eval"] = inprocess.policy_eval(
                     20_000 if p.name != "smoke" else 500, 2000 if p.name != "smoke" else 50)
                 pe = self.results["policy_eval"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gatepass.codec.avro import schemas
-from gatepass.codec.records import lifecycle_from_record
+from gatepass.codec.lifecycle_reader import decode_lifecycle
 from gatepass.config import Settings
 from gatepass.core.identity import IdentityState, LifecycleEvent
 from gatepass.errors import DecodeError
@@ -48,7 +48,7 @@ def held_identity(settings: Settings, *, timeout: float = _READ_TIMEOUT) -> Iden
         if record.value is None:
             continue
         try:
-            state.apply(lifecycle_from_record(codec.decode(record.value)))
+            state.apply(decode_lifecycle(codec, record.value))
         except (DecodeError, KeyError, ValueError, TypeError):
             continue  # dead-lettered by the workers; not ours to judge here
     return state

@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from gatepass.codec.avro import SchemaSet
-from gatepass.codec.records import lifecycle_from_record
+from gatepass.codec.lifecycle_reader import decode_lifecycle
 from gatepass.config import Settings
 from gatepass.core import IdentityState
 from gatepass.errors import BrokerError, DecodeError
@@ -187,7 +187,7 @@ class IdentityLoader:
         if value is None:
             return  # a tombstone: facts are retracted by newer events, never by deletion
         try:
-            self.state.apply(lifecycle_from_record(self.schemas.lifecycle.decode(value)))
+            self.state.apply(decode_lifecycle(self.schemas.lifecycle, value))
             self.loaded_records += 1
         except (DecodeError, KeyError, ValueError, TypeError):
             # The lifecycle agent dead-letters it once for the whole group; here we only count.

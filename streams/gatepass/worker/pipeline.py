@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from gatepass.codec.avro import SchemaSet
+from gatepass.codec.lifecycle_reader import decode_lifecycle
 from gatepass.codec.records import (
     _normalize,
     approval_decision_from_record,
@@ -23,7 +24,6 @@ from gatepass.codec.records import (
     facts_to_record,
     intent_from_record,
     intent_to_record,
-    lifecycle_from_record,
     lifecycle_to_record,
     pending_from_record,
     pending_to_record,
@@ -819,7 +819,7 @@ class Pipeline:
         """
         now = _now_ms(self.clock)
         try:
-            event = lifecycle_from_record(self.schemas.lifecycle.decode(value))
+            event = decode_lifecycle(self.schemas.lifecycle, value)
         except (DecodeError, KeyError, ValueError, TypeError) as exc:
             return [self.dead_letter(self.topics.identity, partition, offset, key, value, exc,
                                      now)]
