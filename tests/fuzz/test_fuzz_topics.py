@@ -541,7 +541,8 @@ def test_fuzz_orphan_checks(keystore: KeyStore, fuzz_target: Callable[[str], Tar
         "owner_status": "offboarded", "owner_status_at": at, "requested_at": NOW})
         for agent, owner, at in [("ghost-bot", "gone", T0), ("procure-bot", "sarah", None),
                                  ("helper-bot", "nobody", NOW)]]
-    records, remember = pipeline.on_orphan_check(b"ghost-bot", seed_checks[0], partition=0,
+    records, remember = pipeline.on_orphan_check(b"ghost-bot", seed_checks[0],
+                                                 partition=partition_for("ghost-bot", N),
                                                  offset=0, memo={})
     assert records and remember
     memo = dict(remember)
@@ -555,24 +556,35 @@ def test_fuzz_orphan_checks(keystore: KeyStore, fuzz_target: Callable[[str], Tar
     target = fuzz_target("orphan-checks (Pipeline.on_orphan_check)")
 
     @fuzz_settings()
-    @given(cases)
-    def run(case: tuple[bytes | None, bytes | None]) -> None:
+    @given(cases, st.one_of(st.none(), st.integers(0, N - 1)))
+    def run(case: tuple[bytes | None, bytes | None], pinned: int | None) -> None:
         key, value = case
-        out, remember = target.run(lambda: pipeline.on_orphan_check(
-            key, value, partition=2, offset=9, memo=memo), label=case)
-        assert memo == frozen_memo and snapshot(pipeline.identity) == before
         try:
-            check = SCHEMAS.orphan_check.decode(value)
+            check: dict[str, Any] | None = SCHEMAS.orphan_check.decode(value)
         except DecodeError:
+            check = None
+        named = [] if check is None else list(
+            dict.fromkeys([check["agent_id"], *check["more_agent_ids"]]))
+        # mostly the partition of the first agent named, as the writers put it; else any
+        partition = pinned if pinned is not None else (
+            partition_for(named[0], N) if named else 2)
+        out, remember = target.run(lambda: pipeline.on_orphan_check(
+            key, value, partition=partition, offset=9, memo=memo), label=(case, partition))
+        assert memo == frozen_memo and snapshot(pipeline.identity) == before
+        if check is None:
             code = assert_dead_letter(out, TOPICS.orphan_checks, key, value, 9)
             assert remember == []
             target.count(f"dead_letter:{code}")
+            return
+        if any(partition_for(a, N) != partition for a in named):
+            code = assert_dead_letter(out, TOPICS.orphan_checks, key, value, 9)
+            assert code == "record_invalid" and remember == []
+            target.count("dead_letter:misrouted")
             return
         if not out:
             assert remember == []
             target.count("no_alert")
             return
-        named = list(dict.fromkeys([check["agent_id"], *check["more_agent_ids"]]))
         assert {r.topic for r in out} == {TOPICS.orphans}
         alerted = [SCHEMAS.orphan_alert.decode(r.value)["agent_id"] for r in out]
         assert len(set(alerted)) == len(alerted) and set(alerted) <= set(named)
@@ -582,3 +594,4 @@ def test_fuzz_orphan_checks(keystore: KeyStore, fuzz_target: Callable[[str], Tar
     run()
     assert target.inputs >= EXAMPLES
     assert target.outcomes["alert"] > 0 and target.outcomes["alerts"] > 0
+    assert target.outcomes["dead_letter:misrouted"] > 0

@@ -55,7 +55,7 @@ from gatepass.core.approval import (
 )
 from gatepass.core.limits import MAX_WINDOW, Entry, Ledger, budget_keys
 from gatepass.credentials import IssuedPass, PassApproval, PassIssuer, PassRequest
-from gatepass.errors import DecodeError, GatepassError
+from gatepass.errors import DecodeError, GatepassError, RecordInvalidError
 from gatepass.logs import redact_value
 from gatepass.policy.book import PolicyBook
 from gatepass.transport import partition_for
@@ -874,11 +874,18 @@ class Pipeline:
 
         A check names one agent or a chunk of one owner's agents (`more_agent_ids`). Returns
         the alerts to send and what the caller writes to the `alerted` memo: one
-        (agent id, alert) per alert raised, in order.
+        (agent id, alert) per alert raised, in order. Every agent named must live in this
+        partition (the fan-out and the intents path write them so): the memo consulted is
+        this partition's, and an agent of another partition, whose memo is elsewhere, could
+        be alerted again; such a check is dead-lettered whole.
         """
         now = _now_ms(self.clock)
         try:
             check = self.schemas.orphan_check.decode(value)
+            named = list(dict.fromkeys([check["agent_id"], *check.get("more_agent_ids", ())]))
+            if any(partition_for(a, self.settings.partitions) != partition for a in named):
+                raise RecordInvalidError("an orphan check must sit on the partition of every "
+                                         "agent it names")
         except DecodeError as exc:
             return [self.dead_letter(self.topics.orphan_checks, partition, offset, key, value,
                                      exc, now)], []
@@ -890,7 +897,7 @@ class Pipeline:
             return [], []  # the owner was reinstated after the check was raised
         records: list[Outgoing] = []
         alerted: list[tuple[str, bytes]] = []
-        for agent_id in dict.fromkeys([check["agent_id"], *check.get("more_agent_ids", ())]):
+        for agent_id in named:
             previous = memo.get(agent_id)
             if previous is not None:
                 prev = self.schemas.orphan_alert.decode(previous)

@@ -714,6 +714,31 @@ def test_a_check_written_before_chunks_is_still_read(rig: Rig, tmp_path: Path) -
     assert [a for a, _ in remember] == ["procure-bot"]
 
 
+def test_a_check_naming_an_agent_of_another_partition_is_dead_lettered(rig: Rig) -> None:
+    """The `alerted` memo consulted is this partition's: an agent living elsewhere (its memo
+    there) could be alerted a second time, so the whole check is refused, not half-run."""
+    observe(rig, offboard_sarah())
+    here = partition_for("procure-bot", N)
+    elsewhere = next(a for a in ("retired-bot", "tom-bot", "ghost-bot")
+                     if partition_for(a, N) != here)
+    value = schemas().orphan_check.encode({
+        "agent_id": "procure-bot", "more_agent_ids": ["helper-bot", elsewhere],
+        "trigger": "owner_deactivated", "intent_id": None, "owner": "sarah",
+        "owner_status": "offboarded", "owner_status_at": OFFBOARDED_AT, "requested_at": NOW_MS})
+    records, remember = rig.pipeline.on_orphan_check(b"procure-bot", value, partition=here,
+                                                     offset=7, memo={})
+    assert remember == [] and [r.topic for r in records] == [TOPICS.dead_letter]
+    letter = schemas().dead_letter.decode(records[0].value)
+    assert (letter["error_code"], letter["source_offset"]) == ("record_invalid", 7)
+    assert "partition" in letter["error"]
+    # the same check without the stranger alerts both agents of this partition
+    value = schemas().orphan_check.encode({
+        **schemas().orphan_check.decode(value), "more_agent_ids": ["helper-bot"]})
+    records, remember = rig.pipeline.on_orphan_check(b"procure-bot", value, partition=here,
+                                                     offset=8, memo={})
+    assert [a for a, _ in remember] == ["procure-bot", "helper-bot"]
+
+
 def test_undecodable_orphan_check_is_dead_lettered(rig: Rig) -> None:
     records, remember = rig.pipeline.on_orphan_check(b"procure-bot", b"junk", partition=0,
                                                      offset=5, memo={})
