@@ -116,7 +116,9 @@ def _opt_str(data: bytes, pos: int) -> tuple[str | None, int]:
 
 
 def _time(ms: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=ms * 1000)  # as fastavro's timestamp-millis
+    # fastavro's timestamp-millis: epoch + timedelta(microseconds=ms * 1000); positional
+    # arguments (days, seconds, microseconds) build the same value a third faster.
+    return _EPOCH + timedelta(0, 0, ms * 1000)
 
 
 def _read(data: bytes) -> LifecycleEvent:
