@@ -165,15 +165,19 @@ def cdf_points(values_ms: Sequence[float], points: int = 400) -> list[tuple[floa
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds a process has used so far (None: unknown or gone)."""
+def cpu_seconds(pid: int | None, *, reaped_children: bool = False) -> float | None:
+    """User + system CPU seconds a process has used so far (None: unknown or gone); with
+    `reaped_children`, also those of its children it has waited for (workers it stopped)."""
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    used = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        used += int(fields[13]) + int(fields[14])
+    return used / _TICKS
 
 
 def rss_bytes(pid: int | None) -> int | None:
@@ -215,8 +219,11 @@ class CpuMeter:
     (cores' worth of time the hypervisor gave to other machines) and `cpu_wait_share` (the
     share of the time some runnable task waited for a CPU)."""
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
+    def __init__(self, pids: dict[str, int | None], *,
+                 with_reaped_children: frozenset[str] = frozenset()) -> None:
         self.pids = pids
+        # names whose processes' reaped children count as theirs (see `cpu_seconds`)
+        self.with_children = with_reaped_children
         self._start: dict[str, float | None] = {}
         self._machine: tuple[float, float] | None = None
         self._pressure: float | None = None
@@ -224,7 +231,8 @@ class CpuMeter:
 
     def start(self) -> CpuMeter:
         self._t0 = time.monotonic()
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start = {name: cpu_seconds(pid, reaped_children=name in self.with_children)
+                       for name, pid in self.pids.items()}
         self._machine = machine_cpu_seconds()
         self._pressure = cpu_pressure_seconds()
         return self
@@ -233,7 +241,8 @@ class CpuMeter:
         elapsed = time.monotonic() - self._t0
         out: dict[str, float | None] = {}
         for name, pid in self.pids.items():
-            before, after = self._start.get(name), cpu_seconds(pid)
+            before = self._start.get(name)
+            after = cpu_seconds(pid, reaped_children=name in self.with_children)
             out[name] = (None if before is None or after is None or elapsed <= 0
                          else round((after - before) / elapsed, 3))
         ours = sum(v for v in out.values() if v is not None)

@@ -181,11 +181,14 @@ class Run:
     def run(self, broker: Broker) -> None:
         self.results["machine"] = machine(broker.kafka_version)
         broker_pid = {"broker": broker.pid}
-        noise = CpuMeter(broker_pid).start()
+        # The whole run: what the rest of the machine (and the hypervisor) took meanwhile.
+        # Ours: the broker, this process, and the workers and baselines it ran (its children,
+        # counted once it has waited for them, which it has by the end).
+        noise = CpuMeter({**broker_pid, "benchmark": os.getpid()},
+                         with_reaped_children=frozenset({"benchmark"})).start()
         try:
             self.sections_in_order(broker, broker_pid)
         finally:
-            # The whole run: what the rest of the machine (and the hypervisor) took meanwhile.
             self.results["machine"]["during_run"] = noise.stop()
 
     def run_inprocess(self) -> None:
