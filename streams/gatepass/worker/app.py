@@ -29,7 +29,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.exceptions import ProducerSendError
+from faust.exceptions import ConsumerNotStarted, ProducerSendError
 
 from gatepass.approvals.dispatch import NoticeDispatcher
 from gatepass.approvals.inbox import InboxNotifier
@@ -639,10 +639,19 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def jwks(web: Any, request: Any) -> Any:
         return web.json(rt.keystore.jwks(now=datetime.now(UTC)))
 
+    def assigned() -> set[Any]:
+        """The stream consumer's partitions; none until its thread has started (a probe can
+        come first: it then got a 500 instead of the answer "not ready")."""
+        consumer = app.consumer
+        try:
+            return set(consumer.assignment()) if consumer else set()
+        except ConsumerNotStarted:
+            return set()
+
     async def intent_lag() -> dict[int, int]:
         lag: dict[int, int] = {}
         consumer = app.consumer
-        for tp in consumer.assignment() if consumer else ():
+        for tp in assigned():
             if tp.topic != t.intents:
                 continue
             position = await consumer.position(tp)
@@ -675,12 +684,12 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
         # Ready = identity loaded and this worker owns partitions (it is deciding).
-        assigned = len(app.consumer.assignment()) if app.consumer else 0
+        owned = len(assigned())
         fresh = rt.identity_ready()
-        ready = fresh and rt.keys_published and assigned > 0 and not app.rebalancing
+        ready = fresh and rt.keys_published and owned > 0 and not app.rebalancing
         body = {"ready": ready, "identity_loaded": rt.loader.ready, "identity_fresh": fresh,
                 "keys_published": rt.keys_published,
-                "assigned_partitions": assigned, "identities": len(rt.identity),
+                "assigned_partitions": owned, "identities": len(rt.identity),
                 "policy_version": rt.policy.version,
                 "policy_known": rt.book.knows(datetime.now(UTC)),
                 "policy_refused": sorted(rt.book.refused),

@@ -41,7 +41,10 @@ class WorkerProcess:
                 state: dict[str, Any] = json.loads(resp.read())
                 return state
         except urllib.error.HTTPError as exc:
-            failed: dict[str, Any] = json.loads(exc.read() or b"{}")
+            try:
+                failed: dict[str, Any] = json.loads(exc.read() or b"{}")
+            except ValueError:  # not our JSON (say a 500 page): not ready, keep asking
+                failed = {"ready": False, "http_status": exc.code}
             return failed
         except (OSError, ValueError):
             return None
