@@ -18,6 +18,7 @@ facts show an owner status other than "active".
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -31,6 +32,7 @@ from gatepass.config import Settings
 from gatepass.core import AgentRegistered, PrincipalStatus, PrincipalStatusChanged
 from gatepass.sdk import LifecyclePublisher
 from gatepass.transport import ensure_topics, partition_for
+from gatepass.worker.process import WorkerProcess
 from support.broker import free_ports
 
 from .harness import (
@@ -55,6 +57,21 @@ AGENTS, PER_OWNER = 250, 5
 PROPAGATION_BOUND_S = float(os.environ.get("GATEPASS_FAULT_PROPAGATION_SECONDS", "5"))
 SETTLE_S = 180.0  # after the last fault and the last intent: time for every verdict
 STEP_S = 240.0    # the longest any progress threshold may take to be reached
+
+
+def stacks(worker: WorkerProcess) -> str:
+    """Every thread's stack of a worker that stopped answering (py-spy, when installed): a
+    worker once fell silent, logs and all, after a broker restart, and its log alone could not
+    say where it hung."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if worker.proc is None or not spy.exists():
+        return "(no stacks: py-spy not installed or no worker)"
+    try:
+        done = subprocess.run([str(spy), "dump", "--pid", str(worker.proc.pid)],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no stacks: {exc})"
+    return f"worker stacks (py-spy dump):\n{done.stdout}{done.stderr}"
 
 
 @pytest.mark.timeout(int(900 + 2 * INTENTS / RATE))
@@ -99,7 +116,8 @@ def test_every_intent_gets_one_answer_through_faults(
             deadline = time.monotonic() + STEP_S
             while reader.answered() < fraction * INTENTS:
                 assert time.monotonic() < deadline, \
-                    f"stuck below {fraction:.0%}: {reader.answered()} answered"
+                    f"stuck below {fraction:.0%}: {reader.answered()} answered\n" \
+                    f"{stacks(worker)}\n{worker.tail_log()}"
                 assert reader.error is None, reader.error
                 # A worker that died on its own is a failure of its own (no supervisor here).
                 assert worker.proc is None or worker.proc.poll() is None, \
