@@ -177,6 +177,11 @@ def test_every_intent_gets_one_answer_through_faults(
             assert all(w.proc is None or w.proc.poll() is None for w in [worker]), \
                 worker.tail_log()
             time.sleep(0.5)
+        if not stream.acked <= reader.answered_ids():
+            # Where the worker is while answers are missing (it is still running here).
+            with capsys.disabled():
+                print(f"\nunanswered after {SETTLE_S:.0f}s of settling; {stacks(worker)}",
+                      flush=True)
         time.sleep(3)  # late duplicates, if any, land now
         reader.stop()
         codecs = schemas()
