@@ -18,6 +18,7 @@ facts show an owner status other than "active".
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,18 +61,36 @@ STEP_S = 240.0    # the longest any progress threshold may take to be reached
 
 
 def stacks(worker: WorkerProcess) -> str:
-    """Every thread's stack of a worker that stopped answering (py-spy, when installed): a
-    worker once fell silent, logs and all, after a broker restart, and its log alone could not
-    say where it hung."""
+    """Every thread's and asyncio task's stack of a worker that stopped answering: a worker
+    once fell silent, logs and all, after a broker restart, with every thread idle in its
+    event loop, and its log alone could not say which await never returned. The worker's
+    own SIGUSR1 dump (gatepass.worker.stackdump) shows the tasks; py-spy, when installed,
+    the threads as the OS sees them."""
+    if worker.proc is None or worker.proc.poll() is not None:
+        return "(no stacks: no live worker)"
+    parts = []
+    marker = "==== end of stack dump ===="
+    before = worker.tail_log(100000).count(marker)
+    worker.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = worker.log_file.read_text(errors="replace")
+        if text.count(marker) > before:
+            start = text.rindex("==== gatepass stack dump: threads ====")
+            parts.append(text[start:text.rindex(marker) + len(marker)])
+            break
+        time.sleep(0.2)
+    else:
+        parts.append("(the worker wrote no stack dump within 20 s of SIGUSR1)")
     spy = Path(sys.executable).parent / "py-spy"
-    if worker.proc is None or not spy.exists():
-        return "(no stacks: py-spy not installed or no worker)"
-    try:
-        done = subprocess.run([str(spy), "dump", "--pid", str(worker.proc.pid)],
-                              capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"(no stacks: {exc})"
-    return f"worker stacks (py-spy dump):\n{done.stdout}{done.stderr}"
+    if spy.exists():
+        try:
+            done = subprocess.run([str(spy), "dump", "--pid", str(worker.proc.pid)],
+                                  capture_output=True, text=True, timeout=60)
+            parts.append(f"py-spy dump:\n{done.stdout}{done.stderr}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            parts.append(f"(no py-spy dump: {exc})")
+    return "worker stacks:\n" + "\n".join(parts)
 
 
 @pytest.mark.timeout(int(900 + 2 * INTENTS / RATE))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from gatepass.config import Settings
 from gatepass.logs import configure_logging, faust_logging_config
@@ -19,6 +20,16 @@ def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
     from gatepass.worker.app import create_app
+    from gatepass.worker.stackdump import dump_stacks
+
+    class _Worker(Worker):
+        """faust's Worker, but SIGUSR1 and SIGUSR2 write a stack dump without values."""
+
+        def _on_sigusr1(self) -> None:
+            dump_stacks(sys.stderr, self.loop)
+
+        def _on_sigusr2(self) -> None:
+            dump_stacks(sys.stderr, self.loop)
 
     (settings.home / "worker").mkdir(parents=True, exist_ok=True)
     created = ensure_topics(settings)
@@ -28,7 +39,7 @@ def run_worker(settings: Settings) -> None:
     # mode's Worker clears the root handlers when it starts and applies `logging_config`
     # instead of its colour handler, so faust's and aiokafka's records take the same
     # redacting handler as ours.
-    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True,
+    worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True,
                     redirect_stdouts=False,
                     logging_config=faust_logging_config(settings.log_level, json=as_json))
     # Its terminal spinner would print control characters to stdout (our log file) at
