@@ -104,10 +104,10 @@ class Story:
 def story(stack: Stack) -> Story:
     """principal --status active, register-agent, then an ALLOW and a DENY intent (--json).
 
-    The owner comes first, as in the demo: an agent registered while its owner is still
-    unknown gets an orphan alert (trigger agent_registered, owner status unknown) if the
-    check runs before the owner's record arrives, and the offboarding alert below would then
-    be the second line of `tail orphans`.
+    The owner comes first, as in the demo: an agent whose owner is still unknown a moment
+    after its registration gets an orphan alert (trigger agent_registered, owner status
+    unknown), and the offboarding alert below would then be the second line of
+    `tail orphans`.
     """
     s = stack.settings
     agent, owner = _agent("cli-bot"), _agent("cli-owner")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gatepass.codec.avro import schemas
 from gatepass.codec.records import intent_to_record, lifecycle_from_record
-from gatepass.core import PrincipalStatus, PrincipalStatusChanged
+from gatepass.core import AgentRegistered, PrincipalStatus, PrincipalStatusChanged
 from gatepass.credentials import PassVerifier, load_jwks
 from gatepass.errors import AuthorizationTimeout, TokenReplayedError
 from gatepass.transport import ensure_topics, partition_for
@@ -137,6 +138,32 @@ def test_out_of_order_lifecycle_does_not_resurrect_an_owner(stack: Stack) -> Non
                                            event_time=datetime.now(UTC), source="hr"))
         allowed = gp.authorize("vendor.read", "vendor:ACME")
         assert allowed.decision == "ALLOW", allowed
+
+
+def test_an_owner_written_just_after_its_agent_raises_no_orphan_alert(stack: Stack) -> None:
+    """Agent and owner are keyed apart, so their records sit on different partitions, read
+    in no set order; a connector may also write the owner just after the agent. Only an
+    owner still unknown once the view has caught up a moment past the check is reported."""
+    agent, owner = _agent("late-owner-bot"), _agent("late-owner")
+    control, nobody = _agent("no-owner-bot"), _agent("nobody")
+    publisher = stack.publisher()
+    now = datetime.now(UTC)
+    publisher.publish(AgentRegistered(agent_id=agent, owner=owner, purpose="procurement",
+                                      event_time=now, source="test"),
+                      AgentRegistered(agent_id=control, owner=nobody, purpose="procurement",
+                                      event_time=now, source="test"))
+    time.sleep(0.5)  # the fan-out has seen the registrations, not yet the owner
+    publisher.publish(PrincipalStatusChanged(principal_id=owner, status=PrincipalStatus.ACTIVE,
+                                             event_time=now, source="test"))
+    # The control's owner never comes: its alert shows checks were raised and decided.
+    alerts = read_topic(stack.settings, stack.settings.topics.orphans, schemas().orphan_alert,
+                        lambda rs: any(r["agent_id"] == control for r in rs), timeout=30)
+    control_alerts = [a for a in alerts if a["agent_id"] == control]
+    assert [(a["owner"], a["owner_status"], a["trigger"]) for a in control_alerts] == \
+        [(nobody, None, "agent_registered")]
+    later = read_topic(stack.settings, stack.settings.topics.orphans, schemas().orphan_alert,
+                       timeout=3)
+    assert [a for a in later if a["agent_id"] == agent] == []
 
 
 def test_undecodable_records_go_to_the_dead_letter_topic(stack: Stack) -> None:

@@ -61,6 +61,13 @@ __all__ = ["STALL_AFTER_SECONDS", "Runtime", "create_app"]
 STALL_AFTER_SECONDS = 30.0  # lag without a single decision this long: /healthz says stalled
 POLICY_WAIT_SECONDS = 5.0  # an intent waits this long for the policy topic, then is denied
 BUDGET_WAIT_SECONDS = 30.0  # a held intent waits this long for its budgets, then is denied
+# An orphan alert naming an owner this worker's view does not know is raised only once the
+# view holds every lifecycle record written up to this long after the check: an agent and
+# its owner are keyed apart, their records sit on different partitions read in no set
+# order, and a connector may write the owner just after the agent. The wait is bounded;
+# after it the alert goes out on what is known (alerting is the safe side).
+UNKNOWN_OWNER_GRACE_SECONDS = 2.0
+UNKNOWN_OWNER_WAIT_SECONDS = 10.0
 
 log = logging.getLogger("gatepass.worker")
 
@@ -566,15 +573,33 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     async def raise_orphan_alert(key: bytes | None, value: bytes | None, partition: int,
                                  offset: int, timestamp: float | None) -> None:
+        received = time.monotonic()
         records, remember = rt.pipeline.on_orphan_check(key, value, partition=partition,
                                                         offset=offset,
                                                         memo=alerted_in(partition))
+        if remember and owner_unknown(remember[0][1]):
+            # Measured from when the check was written (a backlog of checks shares one
+            # wait), never from later than its arrival.
+            age = max(0.0, time.time() - timestamp) if timestamp else 0.0
+            since = received - age + UNKNOWN_OWNER_GRACE_SECONDS
+            if not await rt.loader.wait_complete(
+                    since, max(0.0, since - received) + UNKNOWN_OWNER_WAIT_SECONDS):
+                log.warning("orphan check %s[%d]@%d: identity view not complete within %.0fs; "
+                            "alerting on what it holds", t.orphan_checks, partition, offset,
+                            UNKNOWN_OWNER_WAIT_SECONDS)
+            records, remember = rt.pipeline.on_orphan_check(key, value, partition=partition,
+                                                            offset=offset,
+                                                            memo=alerted_in(partition))
         for agent_id, alert in remember:
             alerted[agent_id.encode()] = alert
         if remember:  # one check, one trigger
             trigger = rt.schemas.orphan_alert.decode(remember[0][1])["trigger"]
             metrics.orphan_alerts.labels(trigger=trigger).inc(len(remember))
         await send(records, t.orphan_checks)
+
+    def owner_unknown(alert: bytes) -> bool:
+        owner = rt.schemas.orphan_alert.decode(alert).get("owner")
+        return isinstance(owner, str) and bool(owner) and rt.identity.principal(owner) is None
 
     @app.agent(orphan_checks)
     async def raise_orphan_alerts(stream: Any) -> None:

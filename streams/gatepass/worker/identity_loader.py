@@ -166,8 +166,9 @@ class IdentityLoader:
                         self.ready_after = time.monotonic() - started
                         log.info("identity state ready: %d identities in %.2fs",
                                  len(self.state), self.ready_after)
+                complete_as_of = self.fresh_as_of
                 await self._track_freshness(consumer, tps)
-                if batch or not self.ready:
+                if batch or not self.ready or self.fresh_as_of != complete_as_of:
                     async with self._progress:
                         self._progress.notify_all()
         finally:
@@ -196,6 +197,25 @@ class IdentityLoader:
     async def wait_ready(self) -> None:
         async with self._progress:
             await self._progress.wait_for(lambda: self.ready)
+
+    async def wait_complete(self, since: float, timeout: float) -> bool:
+        """Wait until the view holds every lifecycle record written before monotonic time
+        `since` (end offsets asked for at or after it have all been applied). False if that
+        is not so within `timeout` seconds. Records of different keys sit on different
+        partitions, read in no particular order: an agent's registration can be applied
+        before its owner's, written just ahead of it; this is how to tell an owner the view
+        does not know yet from one that is unknown."""
+        def complete() -> bool:
+            return self.fresh_as_of is not None and self.fresh_as_of >= since
+
+        if complete():
+            return True
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(complete), timeout)
+        except TimeoutError:
+            return complete()
+        return True
 
     async def wait_applied(self, partition: int, offset: int) -> None:
         """Wait until the view has applied the record at `offset` of `partition`."""

@@ -71,3 +71,45 @@ def test_young_generations_collected_while_paused(monkeypatch: pytest.MonkeyPatc
     assert calls == [1]
     collector.tick()  # not again until the interval has passed once more
     assert calls == [1]
+
+
+def _loader() -> identity_loader.IdentityLoader:
+    from gatepass.codec.avro import schemas
+    from gatepass.config import Settings
+    from gatepass.core import IdentityState
+
+    return identity_loader.IdentityLoader(Settings(), schemas(), IdentityState())
+
+
+async def _notify(loader: identity_loader.IdentityLoader) -> None:
+    async with loader._progress:
+        loader._progress.notify_all()
+
+
+def test_wait_complete_returns_once_the_view_is_complete_past_the_moment() -> None:
+    import asyncio
+
+    async def main() -> tuple[bool, bool]:
+        loader = _loader()
+        waiter = asyncio.create_task(loader.wait_complete(100.0, timeout=5))
+        loader.fresh_as_of = 99.0  # complete, but only up to before the moment asked for
+        await _notify(loader)
+        await asyncio.sleep(0.05)
+        early = waiter.done()
+        loader.fresh_as_of = 100.5
+        await _notify(loader)
+        return early, await waiter
+
+    assert asyncio.run(main()) == (False, True)
+
+
+def test_wait_complete_gives_up_after_its_timeout_and_says_so() -> None:
+    import asyncio
+
+    async def main() -> tuple[bool, bool]:
+        loader = _loader()
+        never = await loader.wait_complete(100.0, timeout=0.05)
+        loader.fresh_as_of = 100.0
+        return never, await loader.wait_complete(100.0, timeout=0.05)
+
+    assert asyncio.run(main()) == (False, True)
