@@ -674,6 +674,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             return set()
 
     async def intent_lag() -> dict[int, int]:
+        """Intents on our partitions not yet handled. Counted from the last one handled, not
+        from the fetch position: records fetched into faust's buffers and never handled (a
+        stream that stopped while its consumer thread went on fetching) still count."""
         lag: dict[int, int] = {}
         consumer = app.consumer
         for tp in assigned():
@@ -681,6 +684,9 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 continue
             position = await consumer.position(tp)
             highwater = consumer.highwater(tp)
+            handled = intent_guard.offsets.next_offset(tp.partition)
+            if handled is not None and (position is None or handled < position):
+                position = handled
             if position is not None and highwater is not None:
                 lag[tp.partition] = max(0, highwater - position)
         return lag

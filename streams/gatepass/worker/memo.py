@@ -107,6 +107,10 @@ class OffsetTracker:
     def forget(self, partition: int) -> None:
         self._next.pop(partition, None)
 
+    def next_offset(self, partition: int) -> int | None:
+        """The offset after the last one handled (or read back), if known."""
+        return self._next.get(partition)
+
     def missing(self, partition: int, offset: int) -> tuple[int, int] | None:
         """The offsets [start, end) skipped before `offset`, if any (a redelivery of an
         earlier offset is not a skip)."""

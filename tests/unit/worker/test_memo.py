@@ -66,6 +66,20 @@ def test_tracker_reports_offsets_skipped_since_the_committed_one() -> None:
     assert t.missing(1, 10_000) is None
 
 
+def test_tracker_tells_the_next_offset_to_handle_for_the_lag() -> None:
+    from gatepass.worker.memo import OffsetTracker
+
+    t = OffsetTracker()
+    assert t.next_offset(3) is None
+    t.expect(3, 40)
+    assert t.next_offset(3) == 40
+    t.done(3, 40)
+    t.done(3, 39)  # a redelivery
+    assert t.next_offset(3) == 41
+    t.forget(3)
+    assert t.next_offset(3) is None
+
+
 def test_audited_index_notes_an_intent_once_its_audit_record_is_acknowledged() -> None:
     import asyncio
 
