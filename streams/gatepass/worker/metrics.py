@@ -53,7 +53,7 @@ class WorkerMetrics:
         self.remembered = Gauge(
             "gatepass_remembered_intents", "Decided intents kept for redelivery.", registry=r)
         self.lag = Gauge(
-            "gatepass_consumer_lag", "Intents not yet read, per assigned partition.",
+            "gatepass_consumer_lag", "Intents not yet handled, per assigned partition.",
             ["topic", "partition"], registry=r)
         self.approvals_pending = Gauge(
             "gatepass_approvals_pending", "Requests waiting for their owner on this worker.",
@@ -83,6 +83,7 @@ class WorkerMetrics:
             "gatepass_budget_holds", "Intents waiting for their owner/department budgets on "
             "this worker.", registry=r)
         self.last_progress = time.monotonic()
+        self._waiting_since: float | None = None
 
     def observe_decision(self, decision: str, reasons: tuple[str, ...],
                          requested_at: datetime | None, issued: bool) -> None:
@@ -95,12 +96,21 @@ class WorkerMetrics:
             self.passes_issued.inc()
         self.last_progress = time.monotonic()
 
-    def stalled(self, total_lag: int, *, after: float) -> bool:
-        """Records wait on assigned partitions but none was processed for `after` seconds.
+    def stalled(self, total_lag: int, *, after: float, now: float | None = None) -> bool:
+        """Records have waited on assigned partitions for `after` seconds, as seen by the
+        calls to this method, and none was decided meanwhile.
 
         A consumer that stopped fetching (a known faust failure mode) looks alive otherwise.
+        Measured from the first call that saw the wait, not from the last decision: after an
+        hour without intents, the first one to arrive is not a stall of an hour.
         """
-        return total_lag > 0 and time.monotonic() - self.last_progress > after
+        now = time.monotonic() if now is None else now
+        if total_lag <= 0:
+            self._waiting_since = None
+            return False
+        if self._waiting_since is None or self.last_progress > self._waiting_since:
+            self._waiting_since = now
+        return now - self._waiting_since > after
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

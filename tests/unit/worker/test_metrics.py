@@ -28,8 +28,28 @@ def test_each_reason_of_a_decision_is_counted_and_latency_observed() -> None:
 
 def test_stalled_only_when_records_wait_and_nothing_moved() -> None:
     m = WorkerMetrics()
-    assert not m.stalled(0, after=0.0)  # idle is not stalled
-    m.last_progress = time.monotonic() - 60
-    assert m.stalled(5, after=30.0)
+    t0 = time.monotonic()
+    assert not m.stalled(0, after=30.0, now=t0)  # idle is not stalled
+    assert not m.stalled(5, after=30.0, now=t0 + 1)  # records wait: the clock starts
+    assert not m.stalled(5, after=30.0, now=t0 + 30)
+    assert m.stalled(5, after=30.0, now=t0 + 31.5)  # waiting 30.5 s, nothing decided
     m.observe_decision("ALLOW", ("allowed",), None, issued=True)
-    assert not m.stalled(5, after=30.0)  # progress resets it
+    assert not m.stalled(5, after=30.0, now=time.monotonic() + 1)  # progress resets it
+
+
+def test_the_first_intent_after_a_long_idle_spell_is_not_a_stall() -> None:
+    m = WorkerMetrics()
+    m.last_progress = time.monotonic() - 3600  # an hour without intents
+    now = time.monotonic()
+    assert not m.stalled(1, after=30.0, now=now)
+    assert not m.stalled(0, after=30.0, now=now + 0.1)  # decided (lag back to 0)
+    assert not m.stalled(1, after=30.0, now=now + 40)  # a new wait starts its own clock
+    assert m.stalled(1, after=30.0, now=now + 71)
+
+
+def test_a_busy_worker_that_keeps_deciding_is_never_stalled() -> None:
+    m = WorkerMetrics()
+    now = time.monotonic()
+    for i in range(10):
+        m.last_progress = now + 40 * i - 1  # a decision a second before each look
+        assert not m.stalled(500, after=30.0, now=now + 40 * i)
