@@ -38,6 +38,7 @@ DEFAULT_INTENT_MAX_SKEW = timedelta(seconds=30)
 DEFAULT_WEB_PORT = 6066
 DEFAULT_READY_WAIT = timedelta(seconds=15)
 DEFAULT_IDENTITY_MAX_AGE = timedelta(seconds=60)
+DEFAULT_STALL_EXIT = timedelta(seconds=120)
 DEFAULT_APPROVAL_TIMEOUT = timedelta(minutes=5)
 # A pushed policy decides intents appended this long after the push: time for every worker
 # to read it first (a worker that has not is not guessing: it waits, then denies).
@@ -183,6 +184,11 @@ class Settings:
     # this long ago; an older view (identity consumer stalled, broker unreachable) is DENY
     # state_not_ready. A bulk import that keeps the view behind longer denies meanwhile.
     identity_max_age: timedelta = DEFAULT_IDENTITY_MAX_AGE
+    # A worker whose intents have waited this long with none decided, while the broker
+    # answers, writes its stacks and exits (code 70) for its supervisor to start it again:
+    # a stuck worker answers nothing, a restarted one answers every intent still waiting
+    # (late ones stale_intent). 0 keeps a stuck worker running (and /healthz 503).
+    stall_exit: timedelta = DEFAULT_STALL_EXIT
     log_level: str = "info"
     log_format: str = "json"  # json lines (default) or text for humans
     # Human approval: how long an owner has; where the approval page is reached from outside
@@ -221,6 +227,9 @@ class Settings:
             raise ConfigError("ready_wait", "must be between 0 and 10 minutes")
         if not timedelta(seconds=1) <= self.identity_max_age <= timedelta(hours=1):
             raise ConfigError("identity_max_age", "must be between 1 second and 1 hour")
+        if self.stall_exit != timedelta(0) and not (
+                timedelta(seconds=10) <= self.stall_exit <= timedelta(hours=1)):
+            raise ConfigError("stall_exit", "must be 0 (never) or between 10 seconds and 1 hour")
         if not timedelta(seconds=1) <= self.approval_timeout <= MAX_APPROVAL_TIMEOUT:
             raise ConfigError("approval_timeout", "must be between 1 second and 1 hour")
         if not timedelta(seconds=1) <= self.policy_rollout_delay <= timedelta(hours=1):
@@ -306,7 +315,7 @@ class Settings:
 
 def _env_keys(name: str) -> list[tuple[str, str]]:
     if name in {"pass_ttl", "intent_max_age", "intent_max_skew", "ready_wait",
-                "approval_timeout", "identity_max_age", "policy_rollout_delay"}:
+                "approval_timeout", "identity_max_age", "policy_rollout_delay", "stall_exit"}:
         return [(f"GATEPASS_{name.upper()}_SECONDS", "seconds")]
     kinds = {"partitions": "int", "replication": "int", "web_port": "int",
              "home": "path", "policy_dir": "path", "approval_webhook_secret": "secret",

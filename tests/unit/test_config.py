@@ -310,3 +310,16 @@ def test_ready_wait_out_of_range_is_a_config_error(raw: str) -> None:
 
 def test_ready_wait_zero_disables_the_start_up_hold() -> None:
     assert Settings.load({"GATEPASS_READY_WAIT_SECONDS": "0"}).ready_wait.total_seconds() == 0
+
+
+@pytest.mark.parametrize("raw", ["-1", "5", "3601", "nan"])
+def test_stall_exit_out_of_range_is_a_config_error(raw: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load({"GATEPASS_STALL_EXIT_SECONDS": raw})
+    assert err.value.key == "stall_exit"
+
+
+def test_stall_exit_defaults_to_two_minutes_and_zero_turns_it_off() -> None:
+    assert Settings().stall_exit.total_seconds() == 120
+    assert Settings.load({"GATEPASS_STALL_EXIT_SECONDS": "0"}).stall_exit.total_seconds() == 0
+    assert Settings.load({"GATEPASS_STALL_EXIT_SECONDS": "45"}).stall_exit.total_seconds() == 45

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ from gatepass.logs import log_decision
 from gatepass.policy import load_policy
 from gatepass.policy.book import PolicyBook
 from gatepass.transport.faust_consumer import use_short_fetch_wait
+from gatepass.transport.topics import admin_client
 from gatepass.worker.delivery import DeliveryGuard
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
@@ -55,6 +57,8 @@ from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
 from gatepass.worker.pipeline import IntentOutcome, Outgoing, Pipeline
 from gatepass.worker.policy_loader import PolicyLoader
 from gatepass.worker.readback import Overlay, Recovered, read_back, read_range
+from gatepass.worker.stackdump import dump_stacks
+from gatepass.worker.watchdog import StallWatchdog
 
 __all__ = ["STALL_AFTER_SECONDS", "Runtime", "create_app"]
 
@@ -67,6 +71,10 @@ BUDGET_WAIT_SECONDS = 30.0  # a held intent waits this long for its budgets, the
 # order, and a connector may write the owner just after the agent. The wait is bounded;
 # after it the alert goes out on what is known (alerting is the safe side).
 UNKNOWN_OWNER_GRACE_SECONDS = 2.0
+# Records fetched but never handed to the agent (SkipGuard.stranded) are fetched again once
+# their partition has been still this long with nothing buffered; checked this often.
+STRANDED_AFTER_SECONDS = 5.0
+STRANDED_CHECK_SECONDS = 2.5
 UNKNOWN_OWNER_WAIT_SECONDS = 10.0
 
 log = logging.getLogger("gatepass.worker")
@@ -711,6 +719,74 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         if metrics.stalled(lag, after=STALL_AFTER_SECONDS):
             return web.json({"status": "stalled", "worker": rt.name, "lag": lag}, status=503)
         return web.json({"status": "alive", "worker": rt.name, "lag": lag})
+
+    guard_of = {g.topic: g for g in guards}
+
+    def buffered(tp: Any) -> int | None:
+        """Records of `tp` waiting in the stream's buffer (faust's conductor index; None if
+        that cannot be read)."""
+        try:
+            index: Any = getattr(app.topics, "_tp_index")  # noqa: B009 (private: faust 0.15)
+            return sum(ch.queue.qsize() for ch in index.get(tp, ()))
+        except Exception:
+            return None
+
+    @app.timer(interval=STRANDED_CHECK_SECONDS)
+    async def refetch_stranded() -> None:
+        """Records the consumer fetched but the agents never got, at the end of a partition
+        (see SkipGuard.stranded): seek the consumer back to the first of them."""
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            return
+        for tp in assigned():
+            guard = guard_of.get(tp.topic)
+            if guard is None or buffered(tp) != 0:
+                continue
+            try:
+                position = await asyncio.wait_for(app.consumer.position(tp), 5.0)
+            except Exception as exc:  # the consumer is busy or away: look again later
+                log.debug("no position for %s partition %d: %s", tp.topic, tp.partition,
+                          type(exc).__name__)
+                continue
+            span = guard.stranded(tp.partition, position, still_for=STRANDED_AFTER_SECONDS)
+            if span is None:
+                continue
+            log.error("the consumer fetched records %d..%d of %s partition %d that never "
+                      "reached the agent; fetching them again", span[0], span[1] - 1,
+                      tp.topic, tp.partition)
+            try:
+                await app.consumer.seek(tp, span[0])
+            except Exception as exc:
+                log.warning("seeking %s partition %d back failed (%s); trying again later",
+                            tp.topic, tp.partition, type(exc).__name__)
+                continue
+            guard.offsets.touch(tp.partition)
+            repaired(tp.topic, span[1] - span[0])
+
+    async def waiting() -> int | None:
+        try:
+            return sum((await asyncio.wait_for(intent_lag(), 10.0)).values())
+        except Exception:  # not known now (the consumer is busy or away): judge later
+            return None
+
+    async def broker_answers() -> bool:
+        def ask() -> bool:
+            meta = admin_client(settings).list_topics(t.intents, timeout=10)
+            return t.intents in meta.topics and meta.topics[t.intents].error is None
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, ask)
+        except Exception:
+            return False
+
+    watchdog = StallWatchdog(
+        metrics, settings.stall_exit.total_seconds(), lag=waiting,
+        broker_answers=broker_answers,
+        busy=lambda: bool(app.rebalancing or getattr(app, "in_recovery", False)),
+        dump=lambda: dump_stacks(sys.stderr, asyncio.get_running_loop()), exit=os._exit)
+
+    @app.timer(interval=5.0)
+    async def watch_for_a_stall() -> None:
+        await watchdog.check()
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:

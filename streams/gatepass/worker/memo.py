@@ -10,6 +10,7 @@ the clock on live writes, so nothing has to be decoded to expire it.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Container
 from typing import Any
@@ -98,14 +99,26 @@ class OffsetTracker:
     intents). The agent asks `missing` before each record and reads a reported range itself.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._next: dict[int, int] = {}
+        self._moved: dict[int, float] = {}  # when the partition last moved (clock time)
+        self._clock = clock
 
     def expect(self, partition: int, next_offset: int) -> None:
         self._next[partition] = next_offset
+        self._moved[partition] = self._clock()
 
     def forget(self, partition: int) -> None:
         self._next.pop(partition, None)
+        self._moved.pop(partition, None)
+
+    def still_for(self, partition: int) -> float:
+        """Seconds since a record of the partition was last handled (or it was taken)."""
+        moved = self._moved.get(partition)
+        return 0.0 if moved is None else self._clock() - moved
+
+    def touch(self, partition: int) -> None:
+        self._moved[partition] = self._clock()
 
     def next_offset(self, partition: int) -> int | None:
         """The offset after the last one handled (or read back), if known."""
@@ -121,6 +134,7 @@ class OffsetTracker:
 
     def done(self, partition: int, offset: int) -> None:
         self._next[partition] = max(self._next.get(partition, 0), offset + 1)
+        self._moved[partition] = self._clock()
 
 
 # (offset, key, value, timestamp) of one record, as read directly from its partition
@@ -140,22 +154,48 @@ class SkipGuard:
     """
 
     def __init__(self, topic: str, fetch: Fetch,
-                 on_repaired: Callable[[str, int], None] = lambda topic, n: None) -> None:
+                 on_repaired: Callable[[str, int], None] = lambda topic, n: None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.topic = topic
-        self.offsets = OffsetTracker()
+        self.offsets = OffsetTracker(clock)
         self._fetch = fetch
         self._on_repaired = on_repaired
+        self._handling: dict[int, int] = {}
 
     async def handle(self, key: bytes | None, value: bytes | None, partition: int,
                      offset: int, timestamp: float | None, handler: Handler) -> None:
-        skipped = self.offsets.missing(partition, offset)
-        if skipped is not None:
-            records = await self._fetch(self.topic, partition, *skipped)
-            for at, k, v, ts in records:
-                await handler(k, v, partition, at, ts)
-            self._on_repaired(self.topic, len(records))
-        await handler(key, value, partition, offset, timestamp)
-        self.offsets.done(partition, offset)
+        self._handling[partition] = self._handling.get(partition, 0) + 1
+        try:
+            skipped = self.offsets.missing(partition, offset)
+            if skipped is not None:
+                records = await self._fetch(self.topic, partition, *skipped)
+                for at, k, v, ts in records:
+                    await handler(k, v, partition, at, ts)
+                self._on_repaired(self.topic, len(records))
+            await handler(key, value, partition, offset, timestamp)
+            self.offsets.done(partition, offset)
+        finally:
+            self._handling[partition] -= 1
+
+    def stranded(self, partition: int, fetch_position: int | None, *,
+                 still_for: float) -> tuple[int, int] | None:
+        """Offsets [start, end) the consumer fetched that never reached the agent, if the
+        partition looks stuck that way: the consumer's position is past the next offset to
+        handle, no record of it is being handled, and none was for `still_for` seconds. The
+        caller also checks that nothing waits in the stream's buffer.
+
+        A gap shows when the next record arrives (`missing`); a loss at the end of what was
+        written shows only like this. faust's consumer was seen to lose the intents fetched
+        right after a restart's table recovery (aiokafka's position at the end of the
+        partition, faust's stream never given them), and with no later intent in that
+        partition they were never decided.
+        """
+        expected = self.offsets.next_offset(partition)
+        if expected is None or fetch_position is None or fetch_position <= expected:
+            return None
+        if self._handling.get(partition, 0) or self.offsets.still_for(partition) < still_for:
+            return None
+        return expected, fetch_position
 
 
 class AuditedIndex:

@@ -180,3 +180,44 @@ def test_skip_guard_forgets_a_revoked_partition() -> None:
     guard.offsets.forget(0)
     _feed(guard, topic, (0, 9))  # another worker had it meanwhile: no skip to repair
     assert topic.fetches == []
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stranded_records_at_the_end_of_a_partition_are_reported_once_it_is_still() -> None:
+    clock, topic = _Clock(), _Topic()
+    guard = SkipGuard("intents", topic.fetch, clock=clock)
+    guard.offsets.expect(1, 1921)  # taken at the committed offset
+    assert guard.stranded(1, 2280, still_for=5.0) is None  # just taken: records may be coming
+    clock.now += 5.0
+    assert guard.stranded(1, 2280, still_for=5.0) == (1921, 2280)
+    assert guard.stranded(1, 1921, still_for=5.0) is None  # nothing fetched past it
+    assert guard.stranded(1, None, still_for=5.0) is None
+    assert guard.stranded(2, 50, still_for=5.0) is None  # nothing known of that partition
+    guard.offsets.touch(1)  # sought back: give the fetch time
+    assert guard.stranded(1, 2280, still_for=5.0) is None
+
+
+def test_a_partition_that_keeps_moving_or_is_being_handled_is_not_stranded() -> None:
+    clock, topic = _Clock(), _Topic()
+    guard = SkipGuard("intents", topic.fetch, clock=clock)
+    _feed(guard, topic, (0, 10))
+    clock.now += 4.0
+    assert guard.stranded(0, 30, still_for=5.0) is None  # moved 4 s ago
+    clock.now += 2.0
+    assert guard.stranded(0, 30, still_for=5.0) == (11, 30)
+
+    async def slow(key: bytes | None, value: bytes | None, partition: int, offset: int,
+                   timestamp: float | None) -> None:
+        clock.now += 60.0  # a handler that waits long (an orphan check, a budget hold)
+        assert guard.stranded(0, 30, still_for=5.0) is None
+
+    asyncio.run(guard.handle(b"k", b"v", 0, 11, 1.0, slow))
+    clock.now += 5.0
+    assert guard.stranded(0, 30, still_for=5.0) == (12, 30)
