@@ -465,6 +465,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             await gate(msg.partition)
             await intent_guard.handle(msg.key, msg.value, msg.partition, msg.offset,
                                       msg.timestamp, answer_intent)
+            metrics.handled()
 
     async def settle_approval(key: bytes | None, value: bytes | None, partition: int,
                               offset: int, timestamp: float | None) -> None:

@@ -96,6 +96,11 @@ class WorkerMetrics:
             self.passes_issued.inc()
         self.last_progress = time.monotonic()
 
+    def handled(self) -> None:
+        """An intent was handled (decided, answered again, held or dead-lettered): the
+        stream moves, whatever the outcome."""
+        self.last_progress = time.monotonic()
+
     def stalled(self, total_lag: int, *, after: float, now: float | None = None) -> bool:
         """Records have waited on assigned partitions for `after` seconds, as seen by the
         calls to this method, and none was decided meanwhile.

@@ -53,3 +53,13 @@ def test_a_busy_worker_that_keeps_deciding_is_never_stalled() -> None:
     for i in range(10):
         m.last_progress = now + 40 * i - 1  # a decision a second before each look
         assert not m.stalled(500, after=30.0, now=now + 40 * i)
+
+
+def test_an_intent_handled_without_a_new_decision_still_counts_as_moving() -> None:
+    # A replay of redelivered intents answers from memory: no new decision, but no stall.
+    m = WorkerMetrics()
+    now = time.monotonic()
+    m.last_progress = now - 3600
+    assert not m.stalled(9, after=30.0, now=now)
+    m.handled()
+    assert not m.stalled(9, after=30.0, now=time.monotonic() + 31)
