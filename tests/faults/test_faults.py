@@ -93,6 +93,18 @@ def stacks(worker: WorkerProcess) -> str:
     return "worker stacks:\n" + "\n".join(parts)
 
 
+def repairs(logs: Path) -> str:
+    """How often the workers repaired the consumer's losses (their logs say): skipped ranges
+    read directly, stranded tails fetched again, and exits of a stuck worker."""
+    counts = {"skipped ranges read": 0, "stranded tails fetched again": 0, "stuck exits": 0}
+    for log in sorted(logs.glob("*.log")):
+        text = log.read_text(errors="replace")
+        counts["skipped ranges read"] += text.count("the consumer skipped records")
+        counts["stranded tails fetched again"] += text.count("never reached the agent")
+        counts["stuck exits"] += text.count("exiting (70) to be started again")
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
 @pytest.mark.timeout(int(900 + 2 * INTENTS / RATE))
 def test_every_intent_gets_one_answer_through_faults(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,6 +239,7 @@ def test_every_intent_gets_one_answer_through_faults(
                   f"{len(result.repeated_alerts)}, agents without one "
                   f"{len(result.unalerted_agents)}; {time.monotonic() - t0:.0f}s",
                   flush=True)
+            print(f"  worker repairs: {repairs(settings.home / 'logs')}", flush=True)
         for iid, seen in list(result.contradicting.items())[:10]:
             print(f"  contradicting {iid} ({stream.agent_of[iid]}): {seen}")
         for key in list(result.repeated_alerts)[:10]:
