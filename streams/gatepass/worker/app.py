@@ -52,7 +52,13 @@ from gatepass.worker.delivery import DeliveryGuard
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
 from gatepass.worker.lifecycle_fanout import LifecycleFanout
-from gatepass.worker.memo import ApprovalTimer, AuditedIndex, ExpiryIndex, SkipGuard
+from gatepass.worker.memo import (
+    ApprovalTimer,
+    AuditedIndex,
+    ExpiryIndex,
+    SkipGuard,
+    refetch_stranded_records,
+)
 from gatepass.worker.metrics import CONTENT_TYPE, WorkerMetrics
 from gatepass.worker.pipeline import IntentOutcome, Outgoing, Pipeline
 from gatepass.worker.policy_loader import PolicyLoader
@@ -738,30 +744,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         (see SkipGuard.stranded): seek the consumer back to the first of them."""
         if app.rebalancing or getattr(app, "in_recovery", False):
             return
-        for tp in assigned():
-            guard = guard_of.get(tp.topic)
-            if guard is None or buffered(tp) != 0:
-                continue
-            try:
-                position = await asyncio.wait_for(app.consumer.position(tp), 5.0)
-            except Exception as exc:  # the consumer is busy or away: look again later
-                log.debug("no position for %s partition %d: %s", tp.topic, tp.partition,
-                          type(exc).__name__)
-                continue
-            span = guard.stranded(tp.partition, position, still_for=STRANDED_AFTER_SECONDS)
-            if span is None:
-                continue
-            log.error("the consumer fetched records %d..%d of %s partition %d that never "
-                      "reached the agent; fetching them again", span[0], span[1] - 1,
-                      tp.topic, tp.partition)
-            try:
-                await app.consumer.seek(tp, span[0])
-            except Exception as exc:
-                log.warning("seeking %s partition %d back failed (%s); trying again later",
-                            tp.topic, tp.partition, type(exc).__name__)
-                continue
-            guard.offsets.touch(tp.partition)
-            repaired(tp.topic, span[1] - span[0])
+        await refetch_stranded_records(
+            guard_of, assigned(), buffered=buffered,
+            position=lambda tp: asyncio.wait_for(app.consumer.position(tp), 5.0),
+            seek=app.consumer.seek, still_for=STRANDED_AFTER_SECONDS, on_refetch=repaired)
 
     async def waiting() -> int | None:
         try:

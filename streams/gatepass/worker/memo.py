@@ -10,12 +10,16 @@ the clock on live writes, so nothing has to be decoded to expire it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from typing import Any
 
-__all__ = ["ApprovalTimer", "ExpiryIndex", "OffsetTracker", "SkipGuard"]
+__all__ = ["ApprovalTimer", "ExpiryIndex", "OffsetTracker", "SkipGuard",
+           "refetch_stranded_records"]
+
+log = logging.getLogger("gatepass.worker")
 
 
 class ExpiryIndex:
@@ -196,6 +200,47 @@ class SkipGuard:
         if self._handling.get(partition, 0) or self.offsets.still_for(partition) < still_for:
             return None
         return expected, fetch_position
+
+
+async def refetch_stranded_records(
+        guards: Mapping[str, SkipGuard], assigned: Iterable[Any], *,
+        buffered: Callable[[Any], int | None],
+        position: Callable[[Any], Awaitable[int | None]],
+        seek: Callable[[Any, int], Awaitable[Any]],
+        still_for: float,
+        on_refetch: Callable[[str, int], None] = lambda topic, n: None,
+) -> list[tuple[str, int, int, int]]:
+    """Seek the consumer back to records it fetched that never reached the agent, at the end
+    of a partition (`SkipGuard.stranded`), for the assigned partitions of guarded topics
+    with nothing in the stream's buffer. Returns (topic, partition, start, end) of each.
+    A position that cannot be read now, or a seek that fails, is tried again next time."""
+    done: list[tuple[str, int, int, int]] = []
+    for tp in assigned:
+        guard = guards.get(tp.topic)
+        if guard is None or buffered(tp) != 0:
+            continue
+        try:
+            at = await position(tp)
+        except Exception as exc:  # the consumer is busy or away: look again later
+            log.debug("no position for %s partition %d: %s", tp.topic, tp.partition,
+                      type(exc).__name__)
+            continue
+        span = guard.stranded(tp.partition, at, still_for=still_for)
+        if span is None:
+            continue
+        log.error("the consumer fetched records %d..%d of %s partition %d that never reached "
+                  "the agent; fetching them again", span[0], span[1] - 1, tp.topic,
+                  tp.partition)
+        try:
+            await seek(tp, span[0])
+        except Exception as exc:
+            log.warning("seeking %s partition %d back failed (%s); trying again later",
+                        tp.topic, tp.partition, type(exc).__name__)
+            continue
+        guard.offsets.touch(tp.partition)
+        on_refetch(tp.topic, span[1] - span[0])
+        done.append((tp.topic, tp.partition, *span))
+    return done
 
 
 class AuditedIndex:

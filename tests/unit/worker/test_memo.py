@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from gatepass.worker.memo import ExpiryIndex, SkipGuard
 
@@ -221,3 +222,75 @@ def test_a_partition_that_keeps_moving_or_is_being_handled_is_not_stranded() -> 
     asyncio.run(guard.handle(b"k", b"v", 0, 11, 1.0, slow))
     clock.now += 5.0
     assert guard.stranded(0, 30, still_for=5.0) == (12, 30)
+
+
+def test_refetch_seeks_back_only_stranded_partitions_of_guarded_topics() -> None:
+    from collections import namedtuple
+
+    from gatepass.worker.memo import refetch_stranded_records
+
+    tp_ = namedtuple("tp_", "topic partition")
+    clock, topic = _Clock(), _Topic()
+    intents = SkipGuard("intents", topic.fetch, clock=clock)
+    checks = SkipGuard("orphan-checks", topic.fetch, clock=clock)
+    for p in range(4):
+        intents.offsets.expect(p, 100)
+    checks.offsets.expect(0, 7)
+    clock.now += 10
+    positions = {("intents", 0): 100, ("intents", 1): 180, ("intents", 2): 150,
+                 ("intents", 3): 160, ("orphan-checks", 0): 9, ("changelog", 0): 5000}
+    queued = {("intents", 2): 3}  # records of partition 2 wait in the stream's buffer
+    sought: list[tuple[str, int, int]] = []
+    counted: list[tuple[str, int]] = []
+
+    async def position(tp: Any) -> int | None:
+        if tp == ("intents", 3):
+            raise TimeoutError  # the consumer did not answer: look again next time
+        return positions[tp]
+
+    async def seek(tp: Any, offset: int) -> None:
+        sought.append((tp.topic, tp.partition, offset))
+
+    done = asyncio.run(refetch_stranded_records(
+        {"intents": intents, "orphan-checks": checks},
+        [tp_(t, p) for t, p in positions], buffered=lambda tp: queued.get(tuple(tp), 0),
+        position=position, seek=seek, still_for=5.0,
+        on_refetch=lambda t, n: counted.append((t, n))))
+    assert done == [("intents", 1, 100, 180), ("orphan-checks", 0, 7, 9)]
+    assert sought == [("intents", 1, 100), ("orphan-checks", 0, 7)]
+    assert counted == [("intents", 80), ("orphan-checks", 2)]
+    # Just sought back: not again before the partition has been still long enough.
+    again = asyncio.run(refetch_stranded_records(
+        {"intents": intents}, [tp_("intents", 1)], buffered=lambda tp: 0,
+        position=position, seek=seek, still_for=5.0))
+    assert again == []
+
+
+def test_a_failed_seek_is_tried_again_next_time() -> None:
+    from collections import namedtuple
+
+    from gatepass.worker.memo import refetch_stranded_records
+
+    tp_ = namedtuple("tp_", "topic partition")
+    clock, topic = _Clock(), _Topic()
+    guard = SkipGuard("intents", topic.fetch, clock=clock)
+    guard.offsets.expect(0, 10)
+    clock.now += 10
+    calls: list[int] = []
+
+    async def position(tp: Any) -> int:
+        return 20
+
+    async def seek(tp: Any, offset: int) -> None:
+        calls.append(offset)
+        if len(calls) == 1:
+            raise RuntimeError("broker away")
+
+    def run() -> list[tuple[str, int, int, int]]:
+        return asyncio.run(refetch_stranded_records(
+            {"intents": guard}, [tp_("intents", 0)], buffered=lambda tp: 0,
+            position=position, seek=seek, still_for=5.0))
+
+    assert run() == []
+    assert run() == [("intents", 0, 10, 20)]
+    assert calls == [10, 10]
