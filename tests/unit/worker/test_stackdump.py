@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Awaitable, Callable
 
 from gatepass.worker.stackdump import dump_stacks
 
@@ -20,10 +21,11 @@ async def _outer(event: asyncio.Event) -> None:
     await _parked_on(event)
 
 
-def test_a_parked_task_is_shown_down_to_the_await_it_sits_on() -> None:
+def _dump_while_parked(parked: Callable[[asyncio.Event], Awaitable[None]]) -> str:
+    """The dump taken while a task named parked-one waits in `parked`."""
     async def main() -> str:
         event = asyncio.Event()
-        task = asyncio.create_task(_outer(event), name="parked-one")
+        task = asyncio.create_task(parked(event), name="parked-one")
         await asyncio.sleep(0)
         out = io.StringIO()
         dump_stacks(out, asyncio.get_running_loop())
@@ -31,9 +33,13 @@ def test_a_parked_task_is_shown_down_to_the_await_it_sits_on() -> None:
         await task
         return out.getvalue()
 
-    text = main_text = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_parked_task_is_shown_down_to_the_await_it_sits_on() -> None:
+    text = _dump_while_parked(_outer)
     assert "-- task parked-one: _outer" in text
-    chunk = main_text.split("-- task parked-one")[1].split("-- task")[0]
+    chunk = text.split("-- task parked-one")[1].split("-- task")[0]
     assert "in _outer" in chunk and "in _parked_on" in chunk
     assert "await event.wait()" in chunk
     assert "awaiting:" in chunk
@@ -41,17 +47,7 @@ def test_a_parked_task_is_shown_down_to_the_await_it_sits_on() -> None:
 
 
 def test_no_local_value_reaches_the_dump() -> None:
-    async def main() -> str:
-        event = asyncio.Event()
-        task = asyncio.create_task(_parked_on(event))
-        await asyncio.sleep(0)
-        out = io.StringIO()
-        dump_stacks(out, asyncio.get_running_loop())
-        event.set()
-        await task
-        return out.getvalue()
-
-    text = asyncio.run(main())
+    text = _dump_while_parked(_parked_on)
     assert "_parked_on" in text  # the frame is there...
     assert SECRET not in text  # ...its values are not
 
