@@ -68,7 +68,7 @@ from gatepass.worker.watchdog import StallWatchdog
 
 __all__ = ["STALL_AFTER_SECONDS", "Runtime", "create_app"]
 
-STALL_AFTER_SECONDS = 30.0  # lag without a single decision this long: /healthz says stalled
+STALL_AFTER_SECONDS = 30.0  # intents waiting, none handled this long: /healthz says stalled
 POLICY_WAIT_SECONDS = 5.0  # an intent waits this long for the policy topic, then is denied
 BUDGET_WAIT_SECONDS = 30.0  # a held intent waits this long for its budgets, then is denied
 # An orphan alert naming an owner this worker's view does not know is raised only once the
@@ -77,11 +77,11 @@ BUDGET_WAIT_SECONDS = 30.0  # a held intent waits this long for its budgets, the
 # order, and a connector may write the owner just after the agent. The wait is bounded;
 # after it the alert goes out on what is known (alerting is the safe side).
 UNKNOWN_OWNER_GRACE_SECONDS = 2.0
+UNKNOWN_OWNER_WAIT_SECONDS = 10.0
 # Records fetched but never handed to the agent (SkipGuard.stranded) are fetched again once
 # their partition has been still this long with nothing buffered; checked this often.
 STRANDED_AFTER_SECONDS = 5.0
 STRANDED_CHECK_SECONDS = 2.5
-UNKNOWN_OWNER_WAIT_SECONDS = 10.0
 
 log = logging.getLogger("gatepass.worker")
 
@@ -738,11 +738,15 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         except Exception:
             return None
 
+    def settling() -> bool:
+        """Rebalancing or recovering tables: no record is expected to reach the agents."""
+        return bool(app.rebalancing or getattr(app, "in_recovery", False))
+
     @app.timer(interval=STRANDED_CHECK_SECONDS)
     async def refetch_stranded() -> None:
         """Records the consumer fetched but the agents never got, at the end of a partition
         (see SkipGuard.stranded): seek the consumer back to the first of them."""
-        if app.rebalancing or getattr(app, "in_recovery", False):
+        if settling():
             return
         await refetch_stranded_records(
             guard_of, assigned(), buffered=buffered,
@@ -768,7 +772,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     watchdog = StallWatchdog(
         metrics, settings.stall_exit.total_seconds(), lag=waiting,
         broker_answers=broker_answers,
-        busy=lambda: bool(app.rebalancing or getattr(app, "in_recovery", False)),
+        busy=settling,
         dump=lambda: dump_stacks(sys.stderr, asyncio.get_running_loop()), exit=os._exit)
 
     @app.timer(interval=5.0)
