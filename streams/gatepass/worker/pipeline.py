@@ -895,6 +895,13 @@ class Pipeline:
         if current is not None and current.status is PrincipalStatus.ACTIVE and (
                 seen_at is None or current.status_at > seen_at):
             return [], []  # the owner was reinstated after the check was raised
+        if owner and check.get("owner_status") is None and current is not None:
+            # Raised while the owner was unknown, and the owner is known now: its facts make
+            # the finding. Active: nothing to report. Not active: the status event that says
+            # so raised checks of its own for every agent the owner has (the fan-out, or the
+            # agent's registration after it), which alert with the real facts; alerting here
+            # too would be a second alert, naming the owner "unknown".
+            return [], []
         records: list[Outgoing] = []
         alerted: list[tuple[str, bytes]] = []
         for agent_id in named:

@@ -739,6 +739,42 @@ def test_a_check_naming_an_agent_of_another_partition_is_dead_lettered(rig: Rig)
     assert [a for a, _ in remember] == ["procure-bot", "helper-bot"]
 
 
+def _unknown_owner_check(agent: str, owner: str) -> bytes:
+    return schemas().orphan_check.encode({
+        "agent_id": agent, "more_agent_ids": [], "trigger": "agent_registered",
+        "intent_id": None, "owner": owner, "owner_status": None, "owner_status_at": None,
+        "requested_at": NOW_MS})
+
+
+def test_a_check_raised_for_an_unknown_owner_alerts_while_it_is_still_unknown(
+        rig: Rig) -> None:
+    value = _unknown_owner_check("procure-bot", "nobody-we-know")
+    records, _ = rig.pipeline.on_orphan_check(
+        b"procure-bot", value, partition=partition_for("procure-bot", N), offset=0, memo={})
+    alert = alert_for(records, b"procure-bot")
+    assert (alert["owner"], alert["owner_status"], alert["trigger"]) == (
+        "nobody-we-know", None, "agent_registered")
+
+
+@pytest.mark.parametrize("offboarded", [False, True], ids=["now-active", "now-offboarded"])
+def test_a_check_raised_for_an_unknown_owner_is_void_once_the_owner_is_known(
+        rig: Rig, alerts: AlertTable, offboarded: bool) -> None:
+    """Seen in CI: an agent registered with its owner, the owner offboarded a second later,
+    and the registration's check (owner not yet read) alerted "owner unknown" beside the
+    offboarding's own alert. The owner's facts decide: the offboarding's check alerts."""
+    if offboarded:
+        deactivation = observe(rig, offboard_sarah())
+    value = _unknown_owner_check("procure-bot", "sarah")
+    records, remember = rig.pipeline.on_orphan_check(
+        b"procure-bot", value, partition=partition_for("procure-bot", N), offset=0,
+        memo=alerts.memo)
+    assert (records, remember) == ([], [])
+    if offboarded:
+        out = alerts.check(rig, checks_for(deactivation, b"procure-bot"), offset=1)
+        alert = alert_for(out, b"procure-bot")
+        assert (alert["owner_status"], alert["trigger"]) == ("offboarded", "owner_deactivated")
+
+
 def test_undecodable_orphan_check_is_dead_lettered(rig: Rig) -> None:
     records, remember = rig.pipeline.on_orphan_check(b"procure-bot", b"junk", partition=0,
                                                      offset=5, memo={})
