@@ -103,7 +103,7 @@ class WorkerMetrics:
 
     def stalled(self, total_lag: int, *, after: float, now: float | None = None) -> bool:
         """Records have waited on assigned partitions for `after` seconds, as seen by the
-        calls to this method, and none was decided meanwhile.
+        calls to this method, and none was handled (`handled`) or decided meanwhile.
 
         A consumer that stopped fetching (a known faust failure mode) looks alive otherwise.
         Measured from the first call that saw the wait, not from the last decision: after an

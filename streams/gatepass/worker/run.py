@@ -40,8 +40,8 @@ def run_worker(settings: Settings) -> None:
     # instead of its colour handler, so faust's and aiokafka's records take the same
     # redacting handler as ours.
     worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True,
-                    redirect_stdouts=False,
-                    logging_config=faust_logging_config(settings.log_level, json=as_json))
+                     redirect_stdouts=False,
+                     logging_config=faust_logging_config(settings.log_level, json=as_json))
     # Its terminal spinner would print control characters to stdout (our log file) at
     # levels above INFO; the log line "Ready" replaces it.
     worker.spinner = None
