@@ -18,7 +18,6 @@ facts show an owner status other than "active".
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -61,27 +60,14 @@ STEP_S = 240.0    # the longest any progress threshold may take to be reached
 
 
 def stacks(worker: WorkerProcess) -> str:
-    """Every thread's and asyncio task's stack of a worker that stopped answering: a worker
-    once fell silent, logs and all, after a broker restart, with every thread idle in its
-    event loop, and its log alone could not say which await never returned. The worker's
-    own SIGUSR1 dump (gatepass.worker.stackdump) shows the tasks; py-spy, when installed,
-    the threads as the OS sees them."""
+    """Every thread's and asyncio task's stack of a worker that stopped answering. A worker
+    once fell silent after a restart, every thread idle; its task stacks (the worker's own
+    SIGUSR1 dump) showed every agent waiting for records, which led to the records faust had
+    lost (docs/architecture.md). py-spy, when installed, adds the threads as the OS sees
+    them."""
     if worker.proc is None or worker.proc.poll() is not None:
         return "(no stacks: no live worker)"
-    parts = []
-    marker = "==== end of stack dump ===="
-    before = worker.tail_log(100000).count(marker)
-    worker.proc.send_signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        text = worker.log_file.read_text(errors="replace")
-        if text.count(marker) > before:
-            start = text.rindex("==== gatepass stack dump: threads ====")
-            parts.append(text[start:text.rindex(marker) + len(marker)])
-            break
-        time.sleep(0.2)
-    else:
-        parts.append("(the worker wrote no stack dump within 20 s of SIGUSR1)")
+    parts = [worker.stack_dump() or "(the worker wrote no stack dump within 20 s of SIGUSR1)"]
     spy = Path(sys.executable).parent / "py-spy"
     if spy.exists():
         try:

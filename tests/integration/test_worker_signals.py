@@ -4,35 +4,25 @@ worker goes on deciding (mode's own handlers print local variables and open a de
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from gatepass.worker.stackdump import DUMP_END, DUMP_START
+
 pytestmark = pytest.mark.integration
-
-
-def _wait_for_dumps(log: Any, count: int, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        if text.count("==== end of stack dump ====") >= count:
-            return text
-        time.sleep(0.2)
-    raise AssertionError(f"{count} stack dumps not in the worker log:\n{text[-3000:]}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2], ids=["usr1", "usr2"])
 def test_a_signal_dumps_stacks_without_values_and_the_worker_goes_on(
         stack: Any, sig: signal.Signals) -> None:
     worker = stack.workers[0]
-    before = worker.log_file.read_text(errors="replace").count("==== end of stack dump ====")
-    worker.proc.send_signal(sig)
-    text = _wait_for_dumps(worker.log_file, before + 1)
-    dump = text.rsplit("==== gatepass stack dump: threads ====", 1)[1]
+    dump = worker.stack_dump(30, sig=sig)
+    assert dump is not None, f"no stack dump after {sig.name}"
+    assert dump.startswith(DUMP_START) and dump.endswith(DUMP_END)
+    text = worker.log_file.read_text(errors="replace")
     assert "asyncio tasks ====" in dump
     assert "-- task " in dump and "awaiting:" in dump
     assert "LOCAL VARIABLES" not in text  # mode's own dump, which prints them, is not used

@@ -63,6 +63,32 @@ class WorkerProcess:
         raise BrokerError(f"worker not ready after {timeout:.0f}s; see {self.log_file}:\n"
                           f"{self.tail_log()}")
 
+    def stack_dump(self, timeout: float = 20.0, *,
+                   sig: signal.Signals = signal.SIGUSR1) -> str | None:
+        """Ask the live worker for its thread and task stacks (SIGUSR1; SIGUSR2 does the
+        same) and return the dump it writes to its log; None if it wrote none within
+        `timeout` or is not running."""
+        from gatepass.worker.stackdump import DUMP_END, DUMP_START
+
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        before = self._log_text().count(DUMP_END)
+        self.proc.send_signal(sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self._log_text()
+            if text.count(DUMP_END) > before:
+                end = text.rindex(DUMP_END) + len(DUMP_END)
+                return text[text.rindex(DUMP_START, 0, end):end]
+            time.sleep(0.2)
+        return None
+
+    def _log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def tail_log(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])

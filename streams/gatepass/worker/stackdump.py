@@ -17,13 +17,16 @@ import traceback
 from types import FrameType
 from typing import IO
 
-__all__ = ["dump_stacks"]
+__all__ = ["DUMP_END", "DUMP_START", "dump_stacks"]
+
+DUMP_START = "==== gatepass stack dump: threads ===="
+DUMP_END = "==== end of stack dump ===="
 
 
 def dump_stacks(out: IO[str], loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Write every thread's stack, then the stack of every task of `loop`, to `out`."""
     names = {t.ident: t.name for t in threading.enumerate()}
-    lines = ["==== gatepass stack dump: threads ===="]
+    lines = [DUMP_START]
     for ident, frame in sys._current_frames().items():
         lines.append(f"-- thread {names.get(ident, '?')} ({ident})")
         lines.extend(s.rstrip("\n") for s in traceback.format_stack(frame))
@@ -40,7 +43,7 @@ def dump_stacks(out: IO[str], loop: asyncio.AbstractEventLoop | None = None) -> 
             lines.extend(s.rstrip("\n") for s in summary.format())
             if waiting:
                 lines.append(f"   awaiting: {waiting}")
-    lines.append("==== end of stack dump ====")
+    lines.append(DUMP_END)
     out.write("\n".join(lines) + "\n")
     out.flush()
 
