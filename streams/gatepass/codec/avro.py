@@ -5,6 +5,8 @@ CRC-64-AVRO fingerprint of the writer's schema, then the binary body. A reader a
 current schema and every earlier version kept under schemas/history/, resolving writer to
 reader by Avro's rules, so producers and workers can be upgraded one at a time (readers
 first when a schema changes). Schemas are parsed once; codecs are built once per type.
+Records are written by a writer compiled from the schema (codec/avro_writer.py), which
+leaves any value it is not sure of to fastavro: the bytes are fastavro's either way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from gatepass.codec.avro_writer import compile_writer
 from gatepass.errors import ConfigError, DecodeError, RecordInvalidError, UnknownSchemaError
 
 __all__ = ["MARKER", "RecordCodec", "SchemaSet", "schema_dir", "schemas"]
@@ -53,7 +56,7 @@ def _fingerprint(parsed: Any) -> bytes:
 class RecordCodec:
     """Encode/decode one record type; errors surface as DecodeError subclasses."""
 
-    __slots__ = ("_header", "_readers", "_schema", "name")
+    __slots__ = ("_fast", "_header", "_readers", "_schema", "name")
 
     def __init__(self, name: str, schema: Any, history: list[Any]) -> None:
         self.name = name
@@ -61,6 +64,7 @@ class RecordCodec:
         # which costs more than the encoding itself: parse once, with the hint.
         self._schema = _prepared(schema)
         self._header = MARKER + _fingerprint(schema)
+        self._fast = compile_writer(self._schema)
         # writer fingerprint -> writer schema (None: the current schema, no resolution needed)
         self._readers: dict[bytes, Any] = {self._header[2:]: None}
         for old in history:
@@ -75,6 +79,18 @@ class RecordCodec:
         return self._header[2:]
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
+        if self._fast is not None:
+            out = bytearray(self._header)
+            try:
+                self._fast(out, record)
+                sure = True
+            except Exception:  # Unsure, or anything unforeseen: fastavro decides
+                sure = False
+            if sure:
+                return bytes(out)
+        return self._encode_fastavro(record)
+
+    def _encode_fastavro(self, record: Mapping[str, Any]) -> bytes:
         buf = io.BytesIO()
         buf.write(self._header)
         try:
