@@ -8,7 +8,9 @@ or "up to the end" goes through here.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -16,7 +18,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from gatepass.errors import BrokerError
 
-__all__ = ["commit_or_warn", "watermarks"]
+__all__ = ["HighWatermarks", "commit_or_warn", "watermarks"]
 
 
 def watermarks(consumer: Consumer, topic: str, partition: int,
@@ -33,6 +35,30 @@ def watermarks(consumer: Consumer, topic: str, partition: int,
                 raise BrokerError(f"cannot read offsets of {topic}[{partition}]: {exc}") \
                     from exc
             time.sleep(0.1)
+
+
+class HighWatermarks:
+    """The end offsets of partitions, asked for on a connection of its own (blocking: call
+    from a thread). The worker's stall watchdog counts waiting intents with it, so that the
+    count does not depend on the stream consumer it is there to judge."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = config
+        self._consumer: Consumer | None = None
+        self._lock = threading.Lock()
+
+    def highs(self, topic: str, partitions: Iterable[int], timeout: float = 5.0
+              ) -> dict[int, int]:
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = Consumer(self._config)
+            return {p: watermarks(self._consumer, topic, p, timeout)[1] for p in partitions}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
 
 
 async def commit_or_warn(consumer: Any, log: logging.Logger, what: str) -> bool:

@@ -18,6 +18,7 @@ once), and the `decided` table turns a re-delivery into the same verdict.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -47,7 +48,8 @@ from gatepass.logs import log_decision
 from gatepass.policy import load_policy
 from gatepass.policy.book import PolicyBook
 from gatepass.transport.faust_consumer import use_short_fetch_wait
-from gatepass.transport.topics import admin_client
+from gatepass.transport.offsets import HighWatermarks
+from gatepass.transport.topics import KAFKA_LOG, admin_client
 from gatepass.worker.delivery import DeliveryGuard
 from gatepass.worker.identity_loader import IdentityLoader
 from gatepass.worker.keys import sync_public_keys
@@ -64,7 +66,7 @@ from gatepass.worker.pipeline import IntentOutcome, Outgoing, Pipeline
 from gatepass.worker.policy_loader import PolicyLoader
 from gatepass.worker.readback import Overlay, Recovered, read_back, read_range
 from gatepass.worker.stackdump import dump_stacks
-from gatepass.worker.watchdog import StallWatchdog
+from gatepass.worker.watchdog import StallWatchdog, waiting_intents
 
 __all__ = ["STALL_AFTER_SECONDS", "Runtime", "create_app"]
 
@@ -753,10 +755,36 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             position=lambda tp: asyncio.wait_for(app.consumer.position(tp), 5.0),
             seek=app.consumer.seek, still_for=STRANDED_AFTER_SECONDS, on_refetch=repaired)
 
+    ends = HighWatermarks({"bootstrap.servers": settings.bootstrap,
+                           "group.id": settings.app_id, "enable.auto.commit": False,
+                           "logger": KAFKA_LOG})
+    atexit.register(ends.close)
+
     async def waiting() -> int | None:
+        """Intents on our partitions not yet handled, for the watchdog: the broker's end
+        offsets (our own connection) minus the agent's next offset, so that neither goes
+        through faust's consumer thread."""
+        partitions = [tp.partition for tp in assigned() if tp.topic == t.intents]
+        if not partitions:
+            return 0
+        handled = {p: intent_guard.offsets.next_offset(p) for p in partitions}
         try:
-            return sum((await asyncio.wait_for(intent_lag(), 10.0)).values())
-        except Exception:  # not known now (the consumer is busy or away): judge later
+            highs = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                None, ends.highs, t.intents, [p for p, n in handled.items() if n is not None]),
+                15.0)
+        except Exception:  # not known now (the broker is away): judge later
+            return None
+        return waiting_intents(highs, handled)
+
+    def settling_progress() -> Any:
+        """Changes while a rebalance or table recovery moves on (see StallWatchdog)."""
+        try:
+            recovery = app.tables.recovery  # type: ignore[attr-defined]
+            return (app.consumer_generation_id, bool(app.rebalancing),
+                    bool(getattr(app, "in_recovery", False)),
+                    sum(v for v in recovery.active_offsets.values() if v is not None),
+                    sum(v for v in recovery.standby_offsets.values() if v is not None))
+        except Exception:  # not readable (faust changed): never judged stuck while busy
             return None
 
     async def broker_answers() -> bool:
@@ -772,7 +800,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     watchdog = StallWatchdog(
         metrics, settings.stall_exit.total_seconds(), lag=waiting,
         broker_answers=broker_answers,
-        busy=settling,
+        busy=settling, progress=settling_progress,
         dump=lambda: dump_stacks(sys.stderr, asyncio.get_running_loop()), exit=os._exit)
 
     @app.timer(interval=5.0)

@@ -9,21 +9,39 @@ shutdown (that could wait on the very thing that is stuck). What it had decided 
 `decided` table's changelog and the verdicts topic; its partitions go to the other workers
 or to itself when restarted, and every intent still waiting is answered then (one too old
 by then: DENY `stale_intent`), so no intent goes without an answer and none gets two.
+
+Two ways of being stuck are judged apart. A rebalance or a table recovery is expected to
+take a while, so the worker is not judged stuck during one unless it makes no progress:
+the same generation, the same phase and not one changelog record applied for `stall_exit`
+(a recovery that waited four minutes for changelog records that never came was seen once).
+And the intents waiting are counted without faust's consumer thread (whose wedge is one of
+the things to catch): the broker's high watermarks, asked for on a connection of our own,
+minus the next offset the agent is to handle (`waiting_intents`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 
 from gatepass.worker.metrics import WorkerMetrics
 
-__all__ = ["EXIT_STALLED", "StallWatchdog"]
+__all__ = ["EXIT_STALLED", "StallWatchdog", "waiting_intents"]
 
 log = logging.getLogger("gatepass.worker")
 
 EXIT_STALLED = 70  # EX_SOFTWARE
+
+
+def waiting_intents(highs: Mapping[int, int], next_offsets: Mapping[int, int | None]
+                    ) -> int | None:
+    """Intents written to these partitions and not handled: each partition's high watermark
+    minus the next offset the agent is to handle. None if that is known for none of them."""
+    known = [(highs[p], n) for p, n in next_offsets.items() if n is not None and p in highs]
+    if not known:
+        return None
+    return sum(max(0, high - n) for high, n in known)
 
 
 class StallWatchdog:
@@ -33,35 +51,60 @@ class StallWatchdog:
                  busy: Callable[[], bool],
                  dump: Callable[[], None],
                  exit: Callable[[int], None],
+                 progress: Callable[[], Hashable | None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
         self.after = after  # seconds; 0: never
         self._lag = lag  # intents waiting on our partitions; None: not known now
         self._broker_answers = broker_answers
         self._busy = busy  # rebalancing or recovering tables: no decisions are expected
+        # While busy: a mark that changes as the rebalance or recovery moves on; None: not
+        # known (then the worker is never judged stuck while busy).
+        self._progress = progress
         self._dump = dump
         self._exit = exit
         self._clock = clock
+        self._busy_since: float | None = None
+        self._busy_mark: Hashable | None = None
 
     async def check(self) -> bool:
         """One look (the worker calls it every few seconds); True if it exited."""
         if self.after <= 0:
             return False
+        now = self._clock()
         if self._busy():
-            # no decisions are expected now: the wait starts again afterwards
-            self.metrics.stalled(0, after=self.after, now=self._clock())
-            return False
+            # no decisions are expected now: the wait for one starts again afterwards
+            self.metrics.stalled(0, after=self.after, now=now)
+            return await self._check_busy(now)
+        self._busy_since = None
         lag = await self._lag()
-        if lag is None or not self.metrics.stalled(lag, after=self.after,
-                                                   now=self._clock()):
+        if lag is None or not self.metrics.stalled(lag, after=self.after, now=now):
             return False
         if not await self._broker_answers():
             return False  # the broker is away: restarting would not help
-        log.error("no intent decided for %.0fs while %d wait on this worker's partitions and "
-                  "the broker answers: stuck; writing stacks to stderr and exiting (%d) to be "
-                  "started again", self.after, lag, EXIT_STALLED)
+        self._stop(f"no intent decided for {self.after:.0f}s while {lag} wait on this "
+                   "worker's partitions and the broker answers")
+        return True
+
+    async def _check_busy(self, now: float) -> bool:
+        mark = self._progress()
+        if mark is None or self._busy_since is None or mark != self._busy_mark:
+            self._busy_since, self._busy_mark = now, mark
+            return False
+        if now - self._busy_since <= self.after:
+            return False
+        lag = await self._lag()
+        if not lag or not await self._broker_answers():
+            return False  # nobody waits, or the broker is away: a restart would not help
+        self._stop(f"rebalancing or recovering tables with no progress for {self.after:.0f}s "
+                   f"while {lag} intents wait on this worker's partitions and the broker "
+                   "answers")
+        return True
+
+    def _stop(self, why: str) -> None:
+        log.error("%s: stuck; writing stacks to stderr and exiting (%d) to be started again",
+                  why, EXIT_STALLED)
         self._dump()
         for handler in logging.getLogger().handlers:
             handler.flush()
         self._exit(EXIT_STALLED)
-        return True

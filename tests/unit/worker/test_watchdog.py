@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from gatepass.worker.metrics import WorkerMetrics
-from gatepass.worker.watchdog import EXIT_STALLED, StallWatchdog
+from gatepass.worker.watchdog import EXIT_STALLED, StallWatchdog, waiting_intents
 
 
 @dataclass
@@ -16,6 +16,7 @@ class World:
     lag: int | None = 5
     broker: bool = True
     busy: bool = False
+    progress: object = "recovering, 10 changelog records applied"
     now: float = 1000.0
     events: list[str] = field(default_factory=list)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
@@ -32,7 +33,8 @@ class World:
             return self.broker
 
         return StallWatchdog(self.metrics, after, lag=lag, broker_answers=broker,
-                             busy=lambda: self.busy, dump=lambda: self.events.append("dump"),
+                             busy=lambda: self.busy, progress=lambda: self.progress,
+                             dump=lambda: self.events.append("dump"),
                              exit=lambda code: self.events.append(f"exit {code}"),
                              clock=lambda: self.now)
 
@@ -88,3 +90,71 @@ def test_a_rebalance_or_recovery_restarts_the_wait() -> None:
     assert not w.look(dog, 1130)  # 130 s since the wait was first seen, but 30 since busy
     assert not w.look(dog, 1249)
     assert w.look(dog, 1251)
+
+
+def test_a_rebalance_or_recovery_without_progress_is_stuck_too() -> None:
+    """faust's table recovery once waited four minutes for changelog records that never
+    came: busy, but not moving."""
+    w = World(busy=True)
+    dog = w.watchdog()
+    assert not w.look(dog, 1000)  # busy first seen
+    assert not w.look(dog, 1120)
+    assert w.look(dog, 1121)
+    assert w.events == ["asked broker", "dump", f"exit {EXIT_STALLED}"]
+
+
+def test_a_rebalance_or_recovery_that_moves_on_is_never_stuck() -> None:
+    w = World(busy=True)
+    dog = w.watchdog()
+    for n, at in enumerate(range(1000, 2000, 100)):
+        w.progress = f"recovering, {n * 1000} changelog records applied"
+        assert not w.look(dog, at)
+    w.progress = "recovering, no record since 2000"
+    w.look(dog, 2000)
+    assert not w.look(dog, 2120)  # the same mark for 120 s: not yet
+    assert w.look(dog, 2121)
+
+
+@pytest.mark.parametrize("change", ["no_lag", "lag_unknown", "broker_away", "progress_unknown",
+                                    "off"])
+def test_no_exit_while_busy_unless_stuck_and_a_restart_would_help(change: str) -> None:
+    w = World(busy=True)
+    dog = w.watchdog(after=0.0 if change == "off" else 120.0)
+    if change == "no_lag":
+        w.lag = 0
+    elif change == "lag_unknown":
+        w.lag = None
+    elif change == "broker_away":
+        w.broker = False
+    elif change == "progress_unknown":
+        w.progress = None
+    for at in (1000, 1100, 1200, 1500, 5000):
+        assert not w.look(dog, at)
+    assert not any(e.startswith(("dump", "exit")) for e in w.events)
+
+
+def test_busy_then_deciding_again_forgets_the_busy_clock() -> None:
+    w = World(busy=True)
+    dog = w.watchdog()
+    w.look(dog, 1000)
+    w.busy = False
+    w.lag = 0
+    w.look(dog, 1100)
+    w.busy, w.lag = True, 5
+    assert not w.look(dog, 1200)  # busy again: its clock starts now, not at 1000
+    assert not w.look(dog, 1320)
+    assert w.look(dog, 1321)
+
+
+@pytest.mark.parametrize(("highs", "next_offsets", "expected"), [
+    ({0: 10, 1: 7}, {0: 10, 1: 5}, 2),
+    ({0: 10, 1: 7}, {0: 4, 1: None}, 6),  # partition 1 not known yet: not counted
+    ({0: 10}, {0: None}, None),  # nothing known: no judgement
+    ({0: 10}, {0: 12}, 0),  # handled past the end we asked for: nothing waits
+    ({}, {0: 3}, None),  # the broker did not say
+    ({0: 5, 1: 5}, {}, None),
+], ids=["two-partitions", "one-unknown", "none-known", "ahead", "no-answer", "no-partitions"])
+def test_waiting_intents_counts_from_the_next_offset_to_handle(
+        highs: dict[int, int], next_offsets: dict[int, int | None], expected: int | None
+) -> None:
+    assert waiting_intents(highs, next_offsets) == expected
