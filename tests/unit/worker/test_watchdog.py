@@ -38,6 +38,21 @@ class World:
                              exit=lambda code: self.events.append(f"exit {code}"),
                              clock=lambda: self.now)
 
+    def change(self, what: str) -> None:
+        """One way the world is not "stuck and a restart would help"."""
+        if what == "no_lag":
+            self.lag = 0
+        elif what == "lag_unknown":
+            self.lag = None
+        elif what == "broker_away":
+            self.broker = False
+        elif what == "busy":
+            self.busy = True
+        elif what == "progress_unknown":
+            self.progress = None
+        else:
+            assert what == "off"
+
     def look(self, dog: StallWatchdog, at: float) -> bool:
         self.now = at
         return asyncio.run(dog.check())
@@ -68,14 +83,7 @@ def test_no_exit_when_not_stuck_or_a_restart_would_not_help(change: str) -> None
     w = World()
     dog = w.watchdog(after=0.0 if change == "off" else 120.0)
     w.look(dog, 1000)
-    if change == "no_lag":
-        w.lag = 0
-    elif change == "lag_unknown":
-        w.lag = None
-    elif change == "broker_away":
-        w.broker = False
-    elif change == "busy":
-        w.busy = True
+    w.change(change)
     assert not w.look(dog, 1500)
     assert not any(e.startswith(("dump", "exit")) for e in w.events)
 
@@ -120,14 +128,7 @@ def test_a_rebalance_or_recovery_that_moves_on_is_never_stuck() -> None:
 def test_no_exit_while_busy_unless_stuck_and_a_restart_would_help(change: str) -> None:
     w = World(busy=True)
     dog = w.watchdog(after=0.0 if change == "off" else 120.0)
-    if change == "no_lag":
-        w.lag = 0
-    elif change == "lag_unknown":
-        w.lag = None
-    elif change == "broker_away":
-        w.broker = False
-    elif change == "progress_unknown":
-        w.progress = None
+    w.change(change)
     for at in (1000, 1100, 1200, 1500, 5000):
         assert not w.look(dog, at)
     assert not any(e.startswith(("dump", "exit")) for e in w.events)
