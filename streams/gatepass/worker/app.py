@@ -776,14 +776,24 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
             return None
         return waiting_intents(highs, handled)
 
-    def settling_progress() -> Any:
-        """Changes while a rebalance or table recovery moves on (see StallWatchdog)."""
+    def holding() -> bool:
+        """Just started, identity still loading: intents are held on purpose (ready_wait)."""
+        return not rt.loader.ready and time.monotonic() < hold_until
+
+    def busy() -> bool:
+        """No intent is expected to be decided now (the watchdog waits for progress)."""
+        return settling() or holding()
+
+    def busy_progress() -> Any:
+        """Changes while a rebalance, a table recovery or the first identity load moves on
+        (see StallWatchdog)."""
         try:
             recovery = app.tables.recovery  # type: ignore[attr-defined]
             return (app.consumer_generation_id, bool(app.rebalancing),
                     bool(getattr(app, "in_recovery", False)),
                     sum(v for v in recovery.active_offsets.values() if v is not None),
-                    sum(v for v in recovery.standby_offsets.values() if v is not None))
+                    sum(v for v in recovery.standby_offsets.values() if v is not None),
+                    rt.loader.ready, rt.loader.loaded_records + rt.loader.rejected_records)
         except Exception:  # not readable (faust changed): never judged stuck while busy
             return None
 
@@ -800,7 +810,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     watchdog = StallWatchdog(
         metrics, settings.stall_exit.total_seconds(), lag=waiting,
         broker_answers=broker_answers,
-        busy=settling, progress=settling_progress,
+        busy=busy, progress=busy_progress,
         dump=lambda: dump_stacks(sys.stderr, asyncio.get_running_loop()), exit=os._exit)
 
     @app.timer(interval=5.0)

@@ -10,10 +10,12 @@ shutdown (that could wait on the very thing that is stuck). What it had decided 
 or to itself when restarted, and every intent still waiting is answered then (one too old
 by then: DENY `stale_intent`), so no intent goes without an answer and none gets two.
 
-Two ways of being stuck are judged apart. A rebalance or a table recovery is expected to
-take a while, so the worker is not judged stuck during one unless it makes no progress:
-the same generation, the same phase and not one changelog record applied for `stall_exit`
-(a recovery that waited four minutes for changelog records that never came was seen once).
+Two ways of being stuck are judged apart. A rebalance, a table recovery or a starting
+worker's first identity load (intents are held meanwhile, up to `ready_wait`, which may be
+longer than `stall_exit`) is expected to take a while, so the worker is not judged stuck
+during one unless it makes no progress: the same generation, the same phase, not one
+changelog or identity record applied for `stall_exit` (a recovery that waited four
+minutes for changelog records that never came was seen once).
 And the intents waiting are counted without faust's consumer thread (whose wedge is one of
 the things to catch): the broker's high watermarks, asked for on a connection of our own,
 minus the next offset the agent is to handle (`waiting_intents`).
