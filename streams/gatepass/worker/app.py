@@ -797,6 +797,23 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         except Exception:  # not readable (faust changed): never judged stuck while busy
             return None
 
+    def describe() -> str:
+        """The worker's own account of why intents might not be reaching the agents."""
+        paused = {(tp.topic, tp.partition)
+                  for tp in getattr(app.consumer, "_paused_partitions", ())}  # faust 0.15
+        intents_tps = sorted((tp for tp in assigned() if tp.topic == t.intents),
+                             key=lambda tp: tp.partition)
+        parts = ", ".join(
+            f"{tp.partition}: next {intent_guard.offsets.next_offset(tp.partition)}, "
+            f"buffered {buffered(tp)}, still {intent_guard.offsets.still_for(tp.partition):.0f}s"
+            + (", paused" if (tp.topic, tp.partition) in paused else "")
+            for tp in intents_tps)
+        return (f"rebalancing={bool(app.rebalancing)} "
+                f"in_recovery={bool(getattr(app, 'in_recovery', False))} "
+                f"holding={holding()} flow={'on' if app.flow_control.is_active() else 'off'} "
+                f"generation={app.consumer_generation_id} paused={len(paused)} "
+                f"intents partitions: [{parts}]")
+
     async def broker_answers() -> bool:
         def ask() -> bool:
             meta = admin_client(settings).list_topics(t.intents, timeout=10)
@@ -810,7 +827,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     watchdog = StallWatchdog(
         metrics, settings.stall_exit.total_seconds(), lag=waiting,
         broker_answers=broker_answers,
-        busy=busy, progress=busy_progress,
+        busy=busy, progress=busy_progress, describe=describe,
         dump=lambda: dump_stacks(sys.stderr, asyncio.get_running_loop()), exit=os._exit)
 
     @app.timer(interval=5.0)

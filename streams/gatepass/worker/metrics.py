@@ -117,5 +117,12 @@ class WorkerMetrics:
             self._waiting_since = now
         return now - self._waiting_since > after
 
+    def waiting_for(self, now: float | None = None) -> float:
+        """Seconds intents have waited with none handled, as last judged by `stalled`."""
+        now = time.monotonic() if now is None else now
+        if self._waiting_since is None or self.last_progress > self._waiting_since:
+            return 0.0
+        return now - self._waiting_since
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

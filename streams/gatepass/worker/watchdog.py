@@ -34,6 +34,10 @@ __all__ = ["EXIT_STALLED", "StallWatchdog", "waiting_intents"]
 log = logging.getLogger("gatepass.worker")
 
 EXIT_STALLED = 70  # EX_SOFTWARE
+# Intents waiting this long with none decided are logged (with the worker's own account of
+# its state), again every as long, well before the watchdog exits: a stall that ends
+# without an exit, or one the watchdog cannot judge, still leaves a trace.
+NOTE_AFTER = 30.0
 
 
 def waiting_intents(highs: Mapping[int, int], next_offsets: Mapping[int, int | None]
@@ -54,6 +58,7 @@ class StallWatchdog:
                  dump: Callable[[], None],
                  exit: Callable[[int], None],
                  progress: Callable[[], Hashable | None] = lambda: None,
+                 describe: Callable[[], str] = lambda: "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
         self.after = after  # seconds; 0: never
@@ -63,11 +68,13 @@ class StallWatchdog:
         # While busy: a mark that changes as the rebalance or recovery moves on; None: not
         # known (then the worker is never judged stuck while busy).
         self._progress = progress
+        self._describe = describe  # the worker's state in a line, for the notes
         self._dump = dump
         self._exit = exit
         self._clock = clock
         self._busy_since: float | None = None
         self._busy_mark: Hashable | None = None
+        self._noted_at: float | None = None
 
     async def check(self) -> bool:
         """One look (the worker calls it every few seconds); True if it exited."""
@@ -80,7 +87,13 @@ class StallWatchdog:
             return await self._check_busy(now)
         self._busy_since = None
         lag = await self._lag()
-        if lag is None or not self.metrics.stalled(lag, after=self.after, now=now):
+        if lag is None:
+            return False
+        stalled = self.metrics.stalled(lag, after=self.after, now=now)
+        waited = self.metrics.waiting_for(now)
+        if waited >= NOTE_AFTER:
+            self._note(now, f"{lag} intents wait, none decided for {waited:.0f}s")
+        if not stalled:
             return False
         if not await self._broker_answers():
             return False  # the broker is away: restarting would not help
@@ -93,15 +106,31 @@ class StallWatchdog:
         if mark is None or self._busy_since is None or mark != self._busy_mark:
             self._busy_since, self._busy_mark = now, mark
             return False
-        if now - self._busy_since <= self.after:
+        still = now - self._busy_since
+        if still < NOTE_AFTER:
             return False
         lag = await self._lag()
+        if lag:
+            self._note(now, f"rebalancing or recovering with no progress for {still:.0f}s "
+                            f"while {lag} intents wait")
+        if still <= self.after:
+            return False
         if not lag or not await self._broker_answers():
             return False  # nobody waits, or the broker is away: a restart would not help
         self._stop(f"rebalancing or recovering tables with no progress for {self.after:.0f}s "
                    f"while {lag} intents wait on this worker's partitions and the broker "
                    "answers")
         return True
+
+    def _note(self, now: float, what: str) -> None:
+        if self._noted_at is not None and now - self._noted_at < NOTE_AFTER:
+            return
+        self._noted_at = now
+        try:
+            state = self._describe()
+        except Exception as exc:  # a note must never stop the watchdog
+            state = f"(state not readable: {type(exc).__name__})"
+        log.warning("%s; %s", what, state)
 
     def _stop(self, why: str) -> None:
         log.error("%s: stuck; writing stacks to stderr and exiting (%d) to be started again",

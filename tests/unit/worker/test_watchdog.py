@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 import pytest
 
 from gatepass.worker.metrics import WorkerMetrics
-from gatepass.worker.watchdog import EXIT_STALLED, StallWatchdog, waiting_intents
+from gatepass.worker.watchdog import EXIT_STALLED, NOTE_AFTER, StallWatchdog, waiting_intents
 
 
 @dataclass
@@ -34,6 +35,7 @@ class World:
 
         return StallWatchdog(self.metrics, after, lag=lag, broker_answers=broker,
                              busy=lambda: self.busy, progress=lambda: self.progress,
+                             describe=lambda: "partitions 0, 1 paused",
                              dump=lambda: self.events.append("dump"),
                              exit=lambda code: self.events.append(f"exit {code}"),
                              clock=lambda: self.now)
@@ -159,3 +161,57 @@ def test_waiting_intents_counts_from_the_next_offset_to_handle(
         highs: dict[int, int], next_offsets: dict[int, int | None], expected: int | None
 ) -> None:
     assert waiting_intents(highs, next_offsets) == expected
+
+
+def _notes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_long_wait_is_noted_with_the_workers_account_long_before_the_exit(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w = World()
+    dog = w.watchdog()
+    with caplog.at_level(logging.WARNING, "gatepass.worker"):
+        w.look(dog, 1000)
+        w.look(dog, 1000 + NOTE_AFTER - 1)
+        assert _notes(caplog) == []
+        w.look(dog, 1000 + NOTE_AFTER)
+        w.look(dog, 1000 + NOTE_AFTER + 5)  # not again within NOTE_AFTER
+        assert _notes(caplog) == ["5 intents wait, none decided for 30s; partitions 0, 1 paused"]
+        w.look(dog, 1000 + 2 * NOTE_AFTER)
+    assert len(_notes(caplog)) == 2
+    assert not any(e.startswith("exit") for e in w.events)
+
+
+def test_a_busy_worker_without_progress_is_noted_too(caplog: pytest.LogCaptureFixture) -> None:
+    w = World(busy=True)
+    dog = w.watchdog()
+    with caplog.at_level(logging.WARNING, "gatepass.worker"):
+        w.look(dog, 1000)
+        w.look(dog, 1000 + NOTE_AFTER)
+    assert _notes(caplog) == ["rebalancing or recovering with no progress for 30s while 5 "
+                              "intents wait; partitions 0, 1 paused"]
+
+
+def test_a_state_that_cannot_be_read_does_not_stop_the_watchdog(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w = World()
+
+    def broken() -> str:
+        raise RuntimeError("faust changed")
+
+    async def lag() -> int | None:
+        return w.lag
+
+    async def broker() -> bool:
+        return True
+
+    dog = StallWatchdog(w.metrics, 120.0, lag=lag, broker_answers=broker, busy=lambda: False,
+                        describe=broken, dump=lambda: None,
+                        exit=lambda code: w.events.append(f"exit {code}"), clock=lambda: w.now)
+    with caplog.at_level(logging.WARNING, "gatepass.worker"):
+        w.look(dog, 1000)
+        w.look(dog, 1040)
+        w.look(dog, 1121)
+    assert _notes(caplog)[0].endswith("(state not readable: RuntimeError)")
+    assert w.events == [f"exit {EXIT_STALLED}"]
