@@ -110,9 +110,9 @@ class StallWatchdog:
         if still < NOTE_AFTER:
             return False
         lag = await self._lag()
-        if lag:
-            self._note(now, f"rebalancing or recovering with no progress for {still:.0f}s "
-                            f"while {lag} intents wait")
+        # noted whatever waits: a rebalance or recovery not moving for this long is news
+        self._note(now, f"rebalancing or recovering with no progress for {still:.0f}s while "
+                        f"{'an unknown number of' if lag is None else lag} intents wait")
         if still <= self.after:
             return False
         if not lag or not await self._broker_answers():

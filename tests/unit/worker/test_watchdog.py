@@ -183,14 +183,17 @@ def test_a_long_wait_is_noted_with_the_workers_account_long_before_the_exit(
     assert not any(e.startswith("exit") for e in w.events)
 
 
-def test_a_busy_worker_without_progress_is_noted_too(caplog: pytest.LogCaptureFixture) -> None:
-    w = World(busy=True)
+@pytest.mark.parametrize(("lag", "waiting"), [(5, "5"), (0, "0"),
+                                              (None, "an unknown number of")])
+def test_a_busy_worker_without_progress_is_noted_too(
+        caplog: pytest.LogCaptureFixture, lag: int | None, waiting: str) -> None:
+    w = World(busy=True, lag=lag)
     dog = w.watchdog()
     with caplog.at_level(logging.WARNING, "gatepass.worker"):
         w.look(dog, 1000)
         w.look(dog, 1000 + NOTE_AFTER)
-    assert _notes(caplog) == ["rebalancing or recovering with no progress for 30s while 5 "
-                              "intents wait; partitions 0, 1 paused"]
+    assert _notes(caplog) == [f"rebalancing or recovering with no progress for 30s while "
+                              f"{waiting} intents wait; partitions 0, 1 paused"]
 
 
 def test_a_state_that_cannot_be_read_does_not_stop_the_watchdog(
