@@ -77,9 +77,8 @@ class StallWatchdog:
         self._noted_at: float | None = None
 
     async def check(self) -> bool:
-        """One look (the worker calls it every few seconds); True if it exited."""
-        if self.after <= 0:
-            return False
+        """One look (the worker calls it every few seconds); True if it exited. With
+        `after` 0 it never exits, but still notes long waits."""
         now = self._clock()
         if self._busy():
             # no decisions are expected now: the wait for one starts again afterwards
@@ -93,7 +92,7 @@ class StallWatchdog:
         waited = self.metrics.waiting_for(now)
         if waited >= NOTE_AFTER:
             self._note(now, f"{lag} intents wait, none decided for {waited:.0f}s")
-        if not stalled:
+        if not stalled or self.after <= 0:
             return False
         if not await self._broker_answers():
             return False  # the broker is away: restarting would not help
@@ -113,7 +112,7 @@ class StallWatchdog:
         # noted whatever waits: a rebalance or recovery not moving for this long is news
         self._note(now, f"rebalancing or recovering with no progress for {still:.0f}s while "
                         f"{'an unknown number of' if lag is None else lag} intents wait")
-        if still <= self.after:
+        if self.after <= 0 or still <= self.after:
             return False
         if not lag or not await self._broker_answers():
             return False  # nobody waits, or the broker is away: a restart would not help

@@ -218,3 +218,15 @@ def test_a_state_that_cannot_be_read_does_not_stop_the_watchdog(
         w.look(dog, 1121)
     assert _notes(caplog)[0].endswith("(state not readable: RuntimeError)")
     assert w.events == [f"exit {EXIT_STALLED}"]
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["waiting", "busy"])
+def test_with_exits_off_long_waits_are_still_noted(caplog: pytest.LogCaptureFixture,
+                                                   busy: bool) -> None:
+    w = World(busy=busy)
+    dog = w.watchdog(after=0.0)
+    with caplog.at_level(logging.WARNING, "gatepass.worker"):
+        for at in (1000, 1000 + NOTE_AFTER, 5000):
+            assert not w.look(dog, at)
+    assert len(_notes(caplog)) == 2
+    assert not any(e.startswith(("dump", "exit")) for e in w.events)
