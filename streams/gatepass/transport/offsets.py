@@ -7,6 +7,7 @@ or "up to the end" goes through here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -40,25 +41,39 @@ def watermarks(consumer: Consumer, topic: str, partition: int,
 class HighWatermarks:
     """The end offsets of partitions, asked for on a connection of its own (blocking: call
     from a thread). The worker's stall watchdog counts waiting intents with it, so that the
-    count does not depend on the stream consumer it is there to judge."""
+    count does not depend on the stream consumer it is there to judge.
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    A failed look-up drops the client, and the next call starts a new one: a librdkafka
+    consumer was seen to stay stuck after a clean broker restart (the fault suite's verdict
+    reader), and a watchdog asking a stuck client would never judge again."""
+
+    def __init__(self, config: dict[str, Any], *, factory: Any = Consumer) -> None:
         self._config = config
-        self._consumer: Consumer | None = None
+        self._factory = factory
+        self._consumer: Any = None
         self._lock = threading.Lock()
 
     def highs(self, topic: str, partitions: Iterable[int], timeout: float = 5.0
               ) -> dict[int, int]:
         with self._lock:
             if self._consumer is None:
-                self._consumer = Consumer(self._config)
-            return {p: watermarks(self._consumer, topic, p, timeout)[1] for p in partitions}
+                self._consumer = self._factory(self._config)
+            try:
+                return {p: watermarks(self._consumer, topic, p, timeout)[1]
+                        for p in partitions}
+            except Exception:
+                self._drop()
+                raise
 
     def close(self) -> None:
         with self._lock:
-            if self._consumer is not None:
-                self._consumer.close()
-                self._consumer = None
+            self._drop()
+
+    def _drop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                consumer.close()
 
 
 async def commit_or_warn(consumer: Any, log: logging.Logger, what: str) -> bool:
