@@ -279,13 +279,17 @@ class VerdictReader(threading.Thread):
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > STUCK_S:
                     quiet_since = time.monotonic()
-                    with contextlib.suppress(Exception):
+                    try:
                         behind = [p for p, o in positions.items()
                                   if watermarks(consumer, topic, p)[1] > max(o, 0)]
-                        if behind:
-                            KAFKA_LOG.warning("verdict reader stuck behind on %s; "
-                                              "reconnecting", behind)
-                            return
+                    except Exception as exc:  # this client cannot even ask: start over
+                        KAFKA_LOG.warning("verdict reader cannot read end offsets (%s); "
+                                          "reconnecting", type(exc).__name__)
+                        return
+                    if behind:
+                        KAFKA_LOG.warning("verdict reader stuck behind on %s; "
+                                          "reconnecting", behind)
+                        return
         finally:
             consumer.close()
 
