@@ -690,15 +690,18 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         except ConsumerNotStarted:
             return set()
 
+    def assigned_intents() -> list[Any]:
+        """Our partitions of the intents topic, in partition order."""
+        return sorted((tp for tp in assigned() if tp.topic == t.intents),
+                      key=lambda tp: tp.partition)
+
     async def intent_lag() -> dict[int, int]:
         """Intents on our partitions not yet handled. Counted from the last one handled, not
         from the fetch position: records fetched into faust's buffers and never handled (a
         stream that stopped while its consumer thread went on fetching) still count."""
         lag: dict[int, int] = {}
         consumer = app.consumer
-        for tp in assigned():
-            if tp.topic != t.intents:
-                continue
+        for tp in assigned_intents():
             position = await consumer.position(tp)
             highwater = consumer.highwater(tp)
             handled = intent_guard.offsets.next_offset(tp.partition)
@@ -764,7 +767,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         """Intents on our partitions not yet handled, for the watchdog: the broker's end
         offsets (our own connection) minus the agent's next offset, so that neither goes
         through faust's consumer thread."""
-        partitions = [tp.partition for tp in assigned() if tp.topic == t.intents]
+        partitions = [tp.partition for tp in assigned_intents()]
         if not partitions:
             return 0
         handled = {p: intent_guard.offsets.next_offset(p) for p in partitions}
@@ -801,13 +804,11 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         """The worker's own account of why intents might not be reaching the agents."""
         paused = {(tp.topic, tp.partition)
                   for tp in getattr(app.consumer, "_paused_partitions", ())}  # faust 0.15
-        intents_tps = sorted((tp for tp in assigned() if tp.topic == t.intents),
-                             key=lambda tp: tp.partition)
         parts = ", ".join(
             f"{tp.partition}: next {intent_guard.offsets.next_offset(tp.partition)}, "
             f"buffered {buffered(tp)}, still {intent_guard.offsets.still_for(tp.partition):.0f}s"
             + (", paused" if (tp.topic, tp.partition) in paused else "")
-            for tp in intents_tps)
+            for tp in assigned_intents())
         return (f"rebalancing={bool(app.rebalancing)} "
                 f"in_recovery={bool(getattr(app, 'in_recovery', False))} "
                 f"holding={holding()} flow={'on' if app.flow_control.is_active() else 'off'} "

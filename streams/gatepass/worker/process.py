@@ -90,10 +90,7 @@ class WorkerProcess:
             return ""
 
     def tail_log(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return "\n".join(self._log_text().splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0, *, kill: bool = False) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
